@@ -1,0 +1,327 @@
+"""One frozen, typed config tree, loaded from YAML with dotted command-line overrides.
+
+Every section is a frozen dataclass registered as a static pytree node, so a whole
+`Config` (or any section) can be passed straight into a jitted function.
+
+Errors are one line and name the field: ``ConfigError: train.batch_size: 6 is not
+divisible by the 4 devices of mesh axis 'data'``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import jax
+import yaml
+
+
+class ConfigError(ValueError):
+  """A bad configuration value; the message starts with the dotted field name."""
+
+
+def _static(cls):
+  """Frozen dataclass + static pytree registration (Training Cookbook habit)."""
+  cls = dataclass(frozen=True, kw_only=True)(cls)
+  jax.tree_util.register_static(cls)
+  return cls
+
+
+def _require(cond: bool, name: str, msg: str) -> None:
+  if not cond:
+    raise ConfigError(f"{name}: {msg}")
+
+
+@_static
+class ModelConfig:
+  """LLaMA-style decoder (gauntlet.md §2.1). Defaults are the `tiny` test model."""
+  vocab_size: int = 257          # byte tokenizer: 256 bytes + EOS/pad
+  d_model: int = 64
+  n_layers: int = 2
+  n_heads: int = 4
+  d_ff: int = 172                # SwiGLU hidden width
+  max_seq_len: int = 64
+  rope_theta: float = 1e4        # HF LlamaConfig default (spec §2.1)
+  norm_eps: float = 1e-6         # HF LlamaConfig rms_norm_eps default
+  init_std: float = 0.02         # HF LlamaConfig initializer_range
+  compute_dtype: Literal["float32", "bfloat16"] = "float32"
+  remat: bool = False            # jax.checkpoint each scanned block
+
+  def __post_init__(self):
+    for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len"):
+      _require(getattr(self, name) > 0, f"model.{name}", "must be positive")
+    _require(self.d_model % self.n_heads == 0, "model.n_heads",
+             f"{self.n_heads} heads do not divide d_model={self.d_model}")
+    _require((self.d_model // self.n_heads) % 2 == 0, "model.n_heads",
+             f"head dim {self.d_model // self.n_heads} must be even for RoPE")
+
+  @property
+  def head_dim(self) -> int:
+    return self.d_model // self.n_heads
+
+
+@_static
+class DataConfig:
+  """Offline corpus, packing and deterministic pages (gauntlet.md §2.2)."""
+  shards: str = ""               # directory of token shards; "" = the embedded corpus
+  tokenizer: str = "byte"        # "byte" or a path to a tokenizers JSON file
+  seq_len: int = 64              # tokens per packed sequence
+  page_size: int = 8             # sequences per page (reference: 100 rows per page)
+  pages_per_window: int = 2      # pages assigned to a peer per round (reference: 6)
+  seed: int = 0                  # corpus-level seed for page assignment
+  val_fraction: float = 0.02     # tail of the token stream kept for validation
+
+  def __post_init__(self):
+    for name in ("seq_len", "page_size", "pages_per_window"):
+      _require(getattr(self, name) > 0, f"data.{name}", "must be positive")
+    _require(0.0 <= self.val_fraction < 0.5, "data.val_fraction", "must be in [0, 0.5)")
+
+
+@_static
+class TrainConfig:
+  """Centralised AdamW baseline (gauntlet.md §2.3, jax.md §4.4 constants)."""
+  optimizer: Literal["adamw", "demo"] = "adamw"
+  steps: int = 20
+  batch_size: int = 8            # global sequences per step
+  microbatch: int = 0            # sequences per gradient-accumulation step; 0 = batch_size
+  lr: float = 1e-3
+  warmup_steps: int = 5
+  min_lr_ratio: float = 0.1      # cosine floor, as alpha_f = 0.1 in the DeMo/OLMo configs
+  b1: float = 0.9
+  b2: float = 0.95
+  weight_decay: float = 0.1
+  grad_clip: float = 1.0
+  seed: int = 0
+  peers: int = 8                 # decentralised mode: simulated peers per round
+  eval_every: int = 0            # validation loss every N steps; 0 = never
+  log_every: int = 1
+  out_dir: str = "runs/tiny"
+
+  def __post_init__(self):
+    _require(self.steps > 0, "train.steps", "must be positive")
+    _require(self.batch_size > 0, "train.batch_size", "must be positive")
+    _require(self.microbatch >= 0, "train.microbatch", "must be >= 0")
+    if self.microbatch:
+      _require(self.batch_size % self.microbatch == 0, "train.microbatch",
+               f"{self.microbatch} does not divide batch_size={self.batch_size}")
+    _require(self.lr > 0, "train.lr", "must be positive")
+    _require(0 <= self.warmup_steps < self.steps or self.steps == 1, "train.warmup_steps",
+             f"{self.warmup_steps} must be < steps={self.steps}")
+    _require(0 < self.b1 < 1 and 0 < self.b2 < 1, "train.b1", "betas must be in (0, 1)")
+    _require(self.peers > 0, "train.peers", "must be positive")
+
+
+@_static
+class MeshConfig:
+  """Device mesh. -1 takes all devices for that axis."""
+  data: int = -1
+  peer: int = 1
+
+
+@_static
+class CheckpointConfig:
+  """Orbax CheckpointManager settings (jax.md §2.6)."""
+  dir: str = ""                  # "" = <train.out_dir>/checkpoints
+  every: int = 0                 # save every N steps; 0 = only at the end
+  keep: int = 3                  # max_to_keep
+  resume: bool = True            # resume from the latest checkpoint if one exists
+
+  def __post_init__(self):
+    _require(self.every >= 0, "checkpoint.every", "must be >= 0")
+    _require(self.keep > 0, "checkpoint.keep", "must be positive")
+
+
+@_static
+class DemoConfig:
+  """DeMo compressor and outer step (gauntlet.md §3.2, §5, §15.2; jax.md §4.1)."""
+  beta: float = 0.999            # momentum_decay
+  topk: int = 32                 # topk_compression, per chunk
+  chunk: int = 64                # target_chunk: largest divisor <= 64 per dimension
+  quantize: bool = True          # 8-bit values, 256 bins, 6 sigma (reference commit)
+  quant_bins: int = 256
+  quant_range: float = 6.0
+  ef_warmup: int = 5             # first calls skip error feedback (§18 row 10b)
+  weight_decay: float = 0.0      # lambda at the reference commit
+  lr: float = 4e-4               # outer sign-SGD step size eta
+  warmup: int = 250              # windows of linear warm-up from 0.1x (§5.4)
+  t0: int = 20000                # cosine with warm restarts, first period (§5.4)
+  t_mult: int = 2
+  min_lr_factor: float = 0.1
+  norm_eps: float = 1e-8         # per-chunk L2 normalisation epsilon (§5.1)
+  normalisation: Literal["chunk", "tensor", "none"] = "chunk"
+  collision: Literal["mean", "sum"] = "mean"
+  apply_sign: bool = True
+  gather_size: int = 15          # max_topk_peers G
+  peer_batch: int = 1            # lax.map batch size over the peer axis
+
+  def __post_init__(self):
+    _require(0 <= self.beta < 1, "demo.beta", "must be in [0, 1)")
+    _require(self.topk > 0, "demo.topk", "must be positive")
+    _require(self.chunk > 0, "demo.chunk", "must be positive")
+    _require(self.quant_bins == 256 or not self.quantize, "demo.quant_bins",
+             "only 256 bins (uint8) are supported")
+    _require(self.gather_size > 0, "demo.gather_size", "must be positive")
+    _require(self.peer_batch > 0, "demo.peer_batch", "must be positive")
+
+
+@_static
+class Config:
+  model: ModelConfig = field(default_factory=ModelConfig)
+  data: DataConfig = field(default_factory=DataConfig)
+  train: TrainConfig = field(default_factory=TrainConfig)
+  mesh: MeshConfig = field(default_factory=MeshConfig)
+  checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+  demo: DemoConfig = field(default_factory=DemoConfig)
+
+  def __post_init__(self):
+    _require(self.data.seq_len <= self.model.max_seq_len, "data.seq_len",
+             f"{self.data.seq_len} exceeds model.max_seq_len={self.model.max_seq_len}")
+    if self.data.tokenizer == "byte":
+      _require(self.model.vocab_size >= 257, "model.vocab_size",
+               f"{self.model.vocab_size} < 257 needed by the byte tokenizer")
+
+  def replace(self, **sections) -> "Config":
+    return dataclasses.replace(self, **sections)
+
+
+# --------------------------------------------------------------------------- loading
+
+def _check_type(value: Any, tp: Any, name: str) -> Any:
+  """Checks (and mildly coerces: int -> float) a YAML value against a type hint."""
+  origin = typing.get_origin(tp)
+  if dataclasses.is_dataclass(tp):
+    if isinstance(value, tp):
+      return value
+    if not isinstance(value, dict):
+      raise ConfigError(f"{name}: expected a mapping, got {type(value).__name__}")
+    return _from_dict(tp, value, name + ".")
+  if origin is Literal:
+    if value not in typing.get_args(tp):
+      raise ConfigError(f"{name}: {value!r} is not one of {list(typing.get_args(tp))}")
+    return value
+  if origin in (typing.Union, types.UnionType):
+    args = typing.get_args(tp)
+    if value is None and type(None) in args:
+      return None
+    for arg in args:
+      if arg is type(None):
+        continue
+      try:
+        return _check_type(value, arg, name)
+      except ConfigError:
+        pass
+    raise ConfigError(f"{name}: {value!r} does not match {tp}")
+  if origin is tuple:
+    if not isinstance(value, (list, tuple)):
+      raise ConfigError(f"{name}: expected a list, got {type(value).__name__}")
+    args = typing.get_args(tp)
+    if len(args) == 2 and args[1] is Ellipsis:
+      return tuple(_check_type(v, args[0], f"{name}[{i}]") for i, v in enumerate(value))
+    if len(args) != len(value):
+      raise ConfigError(f"{name}: expected {len(args)} items, got {len(value)}")
+    return tuple(_check_type(v, a, f"{name}[{i}]") for i, (v, a) in enumerate(zip(args, value)))
+  if tp is bool:
+    if not isinstance(value, bool):
+      raise ConfigError(f"{name}: expected true/false, got {value!r}")
+    return value
+  if tp is int:
+    if isinstance(value, bool) or not isinstance(value, int):
+      raise ConfigError(f"{name}: expected an integer, got {value!r}")
+    return value
+  if tp is float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+      raise ConfigError(f"{name}: expected a number, got {value!r}")
+    if not math.isfinite(value):
+      raise ConfigError(f"{name}: {value!r} is not finite")
+    return float(value)
+  if tp is str:
+    if not isinstance(value, str):
+      raise ConfigError(f"{name}: expected a string, got {value!r}")
+    return value
+  raise ConfigError(f"{name}: unsupported field type {tp}")
+
+
+def _from_dict(cls: type, data: dict, prefix: str = "") -> Any:
+  hints = typing.get_type_hints(cls)
+  names = {f.name for f in dataclasses.fields(cls)}
+  for key in data:
+    if key not in names:
+      raise ConfigError(f"{prefix}{key}: unknown field (known: {', '.join(sorted(names))})")
+  kwargs = {k: _check_type(v, hints[k], prefix + k) for k, v in data.items()}
+  try:
+    return cls(**kwargs)
+  except ConfigError:
+    raise
+  except TypeError as e:  # pragma: no cover - dataclass signature errors
+    raise ConfigError(f"{prefix.rstrip('.') or cls.__name__}: {e}") from None
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+  keys = dotted.split(".")
+  node = tree
+  for k in keys[:-1]:
+    node = node.setdefault(k, {})
+    if not isinstance(node, dict):
+      raise ConfigError(f"{dotted}: '{k}' is not a section")
+  node[keys[-1]] = value
+
+
+def parse_overrides(args: list[str]) -> dict:
+  """`["--train.steps", "50", "--model.remat=true"]` -> nested dict (values parsed as YAML)."""
+  tree: dict = {}
+  i = 0
+  while i < len(args):
+    arg = args[i]
+    if not arg.startswith("--"):
+      raise ConfigError(f"{arg}: expected an override of the form --section.field VALUE")
+    key = arg[2:]
+    if "=" in key:
+      key, raw = key.split("=", 1)
+    else:
+      if i + 1 >= len(args):
+        raise ConfigError(f"{key}: override is missing its value")
+      i += 1
+      raw = args[i]
+    if "." not in key:
+      raise ConfigError(f"{key}: overrides name a field as section.field")
+    _set_dotted(tree, key, yaml.safe_load(raw))
+    i += 1
+  return tree
+
+
+def _merge(base: dict, over: dict) -> dict:
+  out = dict(base)
+  for k, v in over.items():
+    out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+  return out
+
+
+def config_from_dict(data: dict, cls: type = None) -> Config:
+  return _from_dict(cls or Config, data or {})
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> Config:
+  """Loads a YAML config and applies dotted overrides. Raises ConfigError (one line)."""
+  data: dict = {}
+  if path is not None:
+    p = Path(path)
+    if not p.is_file():
+      raise ConfigError(f"config: file not found: {p}")
+    try:
+      data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+      raise ConfigError(f"config: {p} is not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+      raise ConfigError(f"config: {p} must hold a mapping at top level")
+  if overrides:
+    over = overrides if isinstance(overrides, dict) else parse_overrides(list(overrides))
+    data = _merge(data, over)
+  return config_from_dict(data)
+
+
+def to_dict(cfg: Any) -> dict:
+  return dataclasses.asdict(cfg)

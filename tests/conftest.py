@@ -1,0 +1,32 @@
+"""Test set-up: 4 simulated CPU devices, offline hub access, strict numerics.
+
+XLA_FLAGS must be set before JAX initialises its backend, so it is set here at import
+time of the conftest, before any test module imports jax (jax.md §2.4, rule 13).
+"""
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+if "--xla_force_host_platform_device_count" not in os.environ["XLA_FLAGS"]:
+  os.environ["XLA_FLAGS"] += " --xla_force_host_platform_device_count=4"
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+
+def n_devices() -> int:
+  return len(jax.devices())
+
+
+def skip_if_not_enough_devices(count: int):
+  """Levanter's marker: skip cleanly instead of failing when devices are missing."""
+  return pytest.mark.skipif(n_devices() < count, reason=f"needs {count} devices")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _log_versions():
+  import flax, optax  # noqa: E401
+  print(f"\njax {jax.__version__} flax {flax.__version__} optax {optax.__version__} "
+        f"devices {n_devices()}")
+  yield
