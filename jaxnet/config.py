@@ -12,28 +12,16 @@ import dataclasses
 import math
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any, Literal
 
-import jax
 import yaml
 
 
-class ConfigError(ValueError):
-  """A bad configuration value; the message starts with the dotted field name."""
+from jaxnet.configbase import ConfigError, require as _require, static_config as _static
 
-
-def _static(cls):
-  """Frozen dataclass + static pytree registration (Training Cookbook habit)."""
-  cls = dataclass(frozen=True, kw_only=True)(cls)
-  jax.tree_util.register_static(cls)
-  return cls
-
-
-def _require(cond: bool, name: str, msg: str) -> None:
-  if not cond:
-    raise ConfigError(f"{name}: {msg}")
+__all__ = ["ConfigError", "Config", "load_config", "parse_overrides", "config_from_dict", "to_dict"]
 
 
 @_static
@@ -128,7 +116,9 @@ class CheckpointConfig:
   dir: str = ""                  # "" = <train.out_dir>/checkpoints
   every: int = 0                 # save every N steps; 0 = only at the end
   keep: int = 3                  # max_to_keep
-  resume: bool = True            # resume from the latest checkpoint if one exists
+  # auto: resume from the latest checkpoint if the directory has one, else start fresh;
+  # required: error when there is none; never: always start fresh (overwrites nothing).
+  resume: Literal["auto", "required", "never"] = "auto"
 
   def __post_init__(self):
     _require(self.every >= 0, "checkpoint.every", "must be >= 0")
@@ -233,6 +223,11 @@ def _check_type(value: Any, tp: Any, name: str) -> Any:
       raise ConfigError(f"{name}: expected an integer, got {value!r}")
     return value
   if tp is float:
+    if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+      try:
+        value = float(value)
+      except ValueError:
+        pass
     if isinstance(value, bool) or not isinstance(value, (int, float)):
       raise ConfigError(f"{name}: expected a number, got {value!r}")
     if not math.isfinite(value):

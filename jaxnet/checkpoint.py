@@ -1,0 +1,127 @@
+"""Orbax checkpoints with the current `CheckpointManager` + `args` API (jax.md §2.6).
+
+A checkpoint holds two items: `state` (any pytree of arrays, restored into an abstract
+tree that carries the current shardings) and `meta` (JSON: step, data position, the
+config that produced it). A missing, partial or incompatible checkpoint raises
+`CheckpointError` with one line saying what is wrong; nothing restarts silently.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint that cannot be used: missing, partial, or from another config."""
+
+
+def abstract_like(tree):
+  """ShapeDtypeStructs carrying each leaf's current sharding (topology-safe restore)."""
+  def one(x):
+    sharding = getattr(x, "sharding", None)
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+  return jax.tree.map(one, tree)
+
+
+class Checkpointer:
+  """Save every `every` steps, keep the last `keep`, restore the latest.
+
+  `compat` is a JSON-able dict (e.g. the model config) that must match on restore.
+  """
+
+  def __init__(self, directory: str | Path, every: int = 0, keep: int = 3,
+               compat: dict | None = None, create: bool = True):
+    self.directory = Path(directory).absolute()
+    self.every = every
+    self.compat = json.loads(json.dumps(compat or {}))
+    if create:
+      self.directory.mkdir(parents=True, exist_ok=True)
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create)
+    self._mngr = ocp.CheckpointManager(self.directory, options=options)
+
+  # -------------------------------------------------------------------------- queries
+  def latest_step(self) -> int | None:
+    return self._mngr.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self._mngr.all_steps())
+
+  def check_resumable(self) -> int | None:
+    """Latest complete step, None for an empty directory; raises on leftovers only."""
+    step = self.latest_step()
+    if step is None and self.directory.exists():
+      leftovers = [p.name for p in self.directory.iterdir() if not p.name.startswith(".")]
+      if leftovers:
+        raise CheckpointError(
+            f"{self.directory}: holds no complete checkpoint (found {', '.join(sorted(leftovers)[:5])}); "
+            "remove it or point checkpoint.dir elsewhere")
+    return step
+
+  # -------------------------------------------------------------------------- save
+  def should_save(self, step: int) -> bool:
+    return self.every > 0 and step % self.every == 0
+
+  def save(self, step: int, state: Any, meta: dict | None = None) -> None:
+    meta = dict(meta or {}, step=int(step), compat=self.compat)
+    self._mngr.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+
+  # -------------------------------------------------------------------------- restore
+  def restore(self, step: int | None, target: Any) -> tuple[Any, dict]:
+    """Restores `state` into the structure/shardings of `target`; checks compatibility."""
+    if step is None:
+      step = self.latest_step()
+    if step is None:
+      raise CheckpointError(f"{self.directory}: no checkpoint to restore")
+    if step not in self.all_steps():
+      raise CheckpointError(f"{self.directory}: no checkpoint for step {step} "
+                            f"(have {self.all_steps()})")
+    try:
+      meta = self._mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    except Exception as e:  # orbax raises many types for damaged files
+      raise CheckpointError(f"{self.directory}/{step}: metadata unreadable, checkpoint is partial "
+                            f"or corrupt ({type(e).__name__}: {_first_line(e)})") from None
+    saved = meta.get("compat", {})
+    if saved != self.compat:
+      diff = sorted(k for k in set(saved) | set(self.compat) if saved.get(k) != self.compat.get(k))
+      k = diff[0]
+      raise CheckpointError(f"{self.directory}/{step}: incompatible checkpoint, {k} was "
+                            f"{saved.get(k)!r}, config says {self.compat.get(k)!r}")
+    try:
+      restored = self._mngr.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_like(target))))["state"]
+    except Exception as e:
+      raise CheckpointError(f"{self.directory}/{step}: cannot restore state, checkpoint is partial, "
+                            f"corrupt or of another shape ({type(e).__name__}: {_first_line(e)})") from None
+    _check_same_structure(restored, target, f"{self.directory}/{step}")
+    return restored, meta
+
+  def close(self) -> None:
+    self._mngr.wait_until_finished()
+    self._mngr.close()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
+
+def _first_line(e: Exception) -> str:
+  text = str(e).strip().splitlines()
+  return text[0][:200] if text else ""
+
+
+def _check_same_structure(restored, target, where: str) -> None:
+  r_leaves, r_def = jax.tree.flatten(restored)
+  t_leaves, t_def = jax.tree.flatten(target)
+  if r_def != t_def:
+    raise CheckpointError(f"{where}: incompatible checkpoint, tree structure differs from the model")
+  for r, t in zip(r_leaves, t_leaves):
+    if r.shape != t.shape or r.dtype != t.dtype:
+      raise CheckpointError(f"{where}: incompatible checkpoint, leaf {r.shape}/{r.dtype} "
+                            f"where the model has {t.shape}/{t.dtype}")
