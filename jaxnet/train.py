@@ -1,0 +1,260 @@
+"""Centralised AdamW baseline, data-parallel over the mesh axis `data`.
+
+The step is a pure function `(state, batch) -> (state, metrics)` jitted with the batch
+sharded `P(None, 'data')` and the state replicated: XLA inserts the gradient all-reduce
+(the modern form of pmap, jax.md §2.1). Losses and gradients are built from masked
+*sums* and one global token count, so 1 device and N devices (and any micro-batching)
+compute the same mean loss.
+
+AdamW constants follow the reference baseline (jax.md §4.1 table, §4.4): betas 0.9/0.95,
+weight decay 0.1 (not on norm scales), linear warm-up then cosine to `min_lr_ratio`,
+global-norm clipping at 1.0.
+"""
+from __future__ import annotations
+
+import json
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxnet import model as jmodel
+from jaxnet import sharding as shd
+from jaxnet.checkpoint import Checkpointer, CheckpointError
+from jaxnet.config import Config, TrainConfig, to_dict
+from jaxnet.configbase import ConfigError
+
+
+class TrainState(NamedTuple):
+  params: Any
+  opt_state: Any
+  step: jax.Array  # int32 scalar: number of optimizer steps taken
+
+
+def lr_schedule(cfg: TrainConfig) -> optax.Schedule:
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=cfg.lr, warmup_steps=cfg.warmup_steps,
+      decay_steps=cfg.steps, end_value=cfg.lr * cfg.min_lr_ratio)
+
+
+def _decay_mask(params):
+  # No weight decay on RMSNorm scales (the usual LLaMA/OLMo practice).
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: getattr(path[-1], "key", None) != "scale", params)
+
+
+def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
+  return optax.chain(
+      optax.clip_by_global_norm(cfg.grad_clip),
+      optax.adamw(lr_schedule(cfg), b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay,
+                  mask=_decay_mask))
+
+
+def init_state(cfg: Config, key: jax.Array, tx: optax.GradientTransformation) -> TrainState:
+  params = jmodel.init_params(cfg.model, key)
+  return TrainState(params, tx.init(params), jnp.zeros((), jnp.int32))
+
+
+def accumulate_grads(params, batch_MxBxL: dict, model_cfg):
+  """Sums of loss and gradients over micro-batches (leading axis M) via `lax.scan`."""
+  def one(carry, mb):
+    (total, count), grads = carry
+    (t, c), g = jax.value_and_grad(jmodel.loss_sums, has_aux=True)(params, mb, model_cfg)
+    return ((total + t, count + c), jax.tree.map(jnp.add, grads, g)), None
+
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  init = ((jnp.zeros(()), jnp.zeros(())), zeros)
+  ((total, count), grads), _ = jax.lax.scan(one, init, batch_MxBxL)
+  return total, count, grads
+
+
+def train_step(state: TrainState, batch_MxBxL: dict, cfg: Config,
+               tx: optax.GradientTransformation) -> tuple[TrainState, dict]:
+  """One AdamW step on a global batch split into M micro-batches."""
+  total, count, grads = accumulate_grads(state.params, batch_MxBxL, cfg.model)
+  denom = jnp.maximum(count, 1.0)
+  grads = jax.tree.map(lambda g: g / denom, grads)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = {"loss": total / denom, "grad_norm": optax.tree.norm(grads),
+             "lr": lr_schedule(cfg.train)(state.step), "tokens": count}
+  return TrainState(params, opt_state, state.step + 1), metrics
+
+
+def split_micro(batch: dict, microbatch: int) -> dict:
+  """[B, L] host arrays -> [M, B/M, L] (micro-batch m = rows m*mb:(m+1)*mb)."""
+  def one(x):
+    return x.reshape(x.shape[0] // microbatch, microbatch, *x.shape[1:])
+  return {k: one(np.asarray(v)) for k, v in batch.items()}
+
+
+def put_batch(batch: dict, sharding) -> dict:
+  """Global batch -> device arrays; every process holds the full deterministic batch."""
+  return {k: jax.make_array_from_callback(v.shape, sharding, lambda idx, v=v: v[idx])
+          for k, v in batch.items()}
+
+
+class Run:
+  """Everything a training run needs on the host side (mesh, data, jitted step)."""
+
+  def __init__(self, cfg: Config, devices=None):
+    from jaxnet import data as jdata
+    self.cfg = cfg
+    self.mesh = shd.make_mesh("data", cfg.mesh.data, devices)
+    mb = cfg.train.microbatch or cfg.train.batch_size
+    shd.check_divisible(mb, self.mesh, "data", "train.microbatch" if cfg.train.microbatch
+                        else "train.batch_size")
+    self.microbatch = mb
+    self.corpus = jdata.load_corpus(cfg.data)
+    self.tx = make_optimizer(cfg.train)
+    self.state_sharding = shd.replicated(self.mesh)
+    self.batch_sharding = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec(None, "data"))
+    self.step_fn = jax.jit(partial(train_step, cfg=cfg, tx=self.tx),
+                           out_shardings=(self.state_sharding, self.state_sharding),
+                           donate_argnums=(0,))
+    init = jax.jit(partial(init_state, cfg, tx=self.tx), out_shardings=self.state_sharding)
+    self.init_fn = lambda: init(jax.random.key(cfg.train.seed))
+
+  def batch(self, step: int) -> dict:
+    host = self.corpus.train_batches(step, self.cfg.train.batch_size)
+    return put_batch(split_micro(host, self.microbatch), self.batch_sharding)
+
+  def val_loss(self, params) -> float:
+    batch = self.corpus.val_batch(self.cfg.train.batch_size)
+    return float(jax.jit(partial(jmodel.loss_fn, cfg=self.cfg.model))(params, batch))
+
+
+def _checkpointer(cfg: Config) -> Checkpointer:
+  directory = cfg.checkpoint.dir or str(Path(cfg.train.out_dir) / "checkpoints")
+  compat = {"model": to_dict(cfg.model), "optimizer": cfg.train.optimizer,
+            "data.seq_len": cfg.data.seq_len, "train.batch_size": cfg.train.batch_size}
+  return Checkpointer(directory, every=cfg.checkpoint.every, keep=cfg.checkpoint.keep, compat=compat)
+
+
+def restore_or_init(run: Run, ckpt: Checkpointer) -> tuple[TrainState, int]:
+  mode = run.cfg.checkpoint.resume
+  state = run.init_fn()
+  if mode == "never":
+    return state, 0
+  step = ckpt.check_resumable()
+  if step is None:
+    if mode == "required":
+      raise CheckpointError(f"{ckpt.directory}: checkpoint.resume=required but no checkpoint exists")
+    return state, 0
+  restored, meta = ckpt.restore(step, state)
+  if meta.get("data_position") != step:
+    raise CheckpointError(f"{ckpt.directory}/{step}: data position {meta.get('data_position')} "
+                          f"does not match step {step}")
+  return TrainState(*restored), step
+
+
+class MetricsLog:
+  """JSONL metrics; on resume, records past the restored step are dropped."""
+
+  def __init__(self, path: Path, start_step: int):
+    self.path = path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    kept = []
+    if start_step > 0 and path.exists():
+      kept = [l for l in path.read_text().splitlines() if l and json.loads(l).get("step", 0) <= start_step]
+    path.write_text("".join(l + "\n" for l in kept))
+    self._f = path.open("a")
+
+  def write(self, record: dict) -> None:
+    self._f.write(json.dumps(record) + "\n")
+    self._f.flush()
+
+  def close(self):
+    self._f.close()
+
+
+def _host_metrics(m: dict) -> dict:
+  out = {k: float(np.asarray(v)) for k, v in m.items()}
+  if not np.isfinite(out["loss"]):
+    raise FloatingPointError(f"loss is {out['loss']} at step {out.get('step')}")
+  return out
+
+
+def train(cfg: Config, *, progress: bool = True, devices=None, stop_after: int | None = None) -> dict:
+  """Runs (or resumes) the baseline; returns the final state and the loss history.
+
+  `stop_after` ends the process-level loop early (as if killed) after that many steps
+  of this call, having checkpointed, which the resume tests use.
+  """
+  if cfg.train.optimizer != "adamw":
+    raise ConfigError(f"train.optimizer: {cfg.train.optimizer!r} runs through jaxnet.decentral")
+  run = Run(cfg, devices)
+  out_dir = Path(cfg.train.out_dir)
+  ckpt = _checkpointer(cfg)
+  state, start = restore_or_init(run, ckpt)
+  log = MetricsLog(out_dir / "metrics.jsonl", start)
+  tokens_per_step = cfg.train.batch_size * cfg.data.seq_len
+  end = cfg.train.steps if stop_after is None else min(cfg.train.steps, start + stop_after)
+  bar = _progress(progress and shd.is_main_process(), start, cfg.train.steps)
+  history, pending, t_last = [], None, time.perf_counter()
+
+  def flush(pending):
+    nonlocal t_last
+    step, m = pending
+    rec = _host_metrics(m)
+    now = time.perf_counter()
+    rec.update(step=step, tokens_per_s=tokens_per_step / max(now - t_last, 1e-9), time=now)
+    t_last = now
+    if cfg.train.eval_every and step % cfg.train.eval_every == 0:
+      rec["val_loss"] = run.val_loss(state.params)
+    history.append(rec)
+    log.write(rec)
+    if bar is not None:
+      bar.update(1)
+      bar.set_postfix(loss=f"{rec['loss']:.4f}", tok_s=f"{rec['tokens_per_s']:.0f}")
+
+  try:
+    for step in range(start, end):
+      state, metrics = run.step_fn(state, run.batch(step))
+      if pending is not None:  # process step t-1 after dispatching step t (async dispatch)
+        flush(pending)
+      pending = (step + 1, metrics)
+      if ckpt.should_save(step + 1) and step + 1 < end:
+        ckpt.save(step + 1, state, {"data_position": step + 1})
+    if pending is not None:
+      flush(pending)
+    if end > start or ckpt.latest_step() != end:
+      ckpt.save(end, state, {"data_position": end})
+  finally:
+    ckpt.close()
+    log.close()
+    if bar is not None:
+      bar.close()
+  if end == cfg.train.steps and shd.is_main_process():
+    plot_losses(out_dir / "metrics.jsonl", out_dir / "loss.png")
+  return {"state": state, "history": history, "start": start, "end": end}
+
+
+def _progress(enabled: bool, start: int, total: int):
+  if not enabled:
+    return None
+  from tqdm.auto import tqdm
+  return tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True)
+
+
+def plot_losses(metrics_path: Path, png_path: Path, label: str = "AdamW") -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  recs = [json.loads(l) for l in Path(metrics_path).read_text().splitlines() if l]
+  fig, ax = plt.subplots(figsize=(6, 4))
+  ax.plot([r["step"] for r in recs], [r["loss"] for r in recs], label=f"{label} train")
+  val = [(r["step"], r["val_loss"]) for r in recs if "val_loss" in r]
+  if val:
+    ax.plot(*zip(*val), "o-", label=f"{label} validation")
+  ax.set_xlabel("step")
+  ax.set_ylabel("mean token cross-entropy")
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(png_path, dpi=120)
+  plt.close(fig)
