@@ -85,6 +85,7 @@ class TrainConfig:
   grad_clip: float = 1.0
   seed: int = 0
   peers: int = 8                 # decentralised mode: simulated peers per round
+  compare_baseline: bool = True  # decentralised mode: also run AdamW on the same tokens/round
   eval_every: int = 0            # validation loss every N steps; 0 = never
   log_every: int = 1
   out_dir: str = "runs/tiny"

@@ -99,6 +99,12 @@ def put_batch(batch: dict, sharding) -> dict:
           for k, v in batch.items()}
 
 
+def check_vocab(cfg: Config, corpus) -> None:
+  if cfg.model.vocab_size < corpus.vocab_size:
+    raise ConfigError(f"model.vocab_size: {cfg.model.vocab_size} < {corpus.vocab_size} tokens of "
+                      f"tokenizer {cfg.data.tokenizer!r}")
+
+
 class Run:
   """Everything a training run needs on the host side (mesh, data, jitted step)."""
 
@@ -111,6 +117,7 @@ class Run:
                         else "train.batch_size")
     self.microbatch = mb
     self.corpus = jdata.load_corpus(cfg.data)
+    check_vocab(cfg, self.corpus)
     self.tx = make_optimizer(cfg.train)
     self.state_sharding = shd.replicated(self.mesh)
     self.batch_sharding = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec(None, "data"))

@@ -9,6 +9,9 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 if "--xla_force_host_platform_device_count" not in os.environ["XLA_FLAGS"]:
   os.environ["XLA_FLAGS"] += " --xla_force_host_platform_device_count=4"
 os.environ["HF_HUB_OFFLINE"] = "1"
+# Token-shard cache of the embedded corpus: per test session, not the user's ~/.cache.
+import tempfile  # noqa: E402
+os.environ.setdefault("JAXNET_CACHE", tempfile.mkdtemp(prefix="jaxnet-cache-"))
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 import jax  # noqa: E402

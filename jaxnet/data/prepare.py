@@ -1,0 +1,63 @@
+"""`jaxnet data prepare PATH... --out DIR [--tokenizer byte|FILE] [--bpe-vocab N]`."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from jaxnet.data.embedded import embedded_documents
+from jaxnet.data.errors import DataError
+from jaxnet.data.shards import DEFAULT_SHARD_TOKENS, META, read_documents, write_shards
+from jaxnet.data.tokenizer import load_tokenizer, train_bpe
+
+
+def _parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(
+      prog="jaxnet data prepare",
+      description="Tokenize UTF-8 text files into memory-mapped token shards. Each file is "
+                  "split into documents on the ASCII record separator (U+001E); a file "
+                  "without one is one document. No PATH: the embedded KJV corpus.")
+  p.add_argument("paths", nargs="*", metavar="PATH", help="UTF-8 text files")
+  p.add_argument("--out", required=True, help="output shard directory")
+  p.add_argument("--tokenizer", default="byte",
+                 help="'byte' (default) or a tokenizers JSON file")
+  p.add_argument("--bpe-vocab", type=int, default=0, metavar="N",
+                 help="train a byte-level BPE of N tokens on the inputs, save it as "
+                      "OUT/tokenizer.json and use it (needs the 'tokenizers' package)")
+  p.add_argument("--shard-tokens", type=int, default=DEFAULT_SHARD_TOKENS,
+                 help=f"tokens per shard file (default {DEFAULT_SHARD_TOKENS})")
+  p.add_argument("--force", action="store_true", help="overwrite an existing shard directory")
+  return p
+
+
+def prepare_main(argv: list[str] | None = None) -> int:
+  """Runs `jaxnet data prepare`; returns the exit status (2 on a DataError, printed in one line)."""
+  args = _parser().parse_args(argv)
+  out = Path(args.out)
+  try:
+    if (out / META).exists() and not args.force:
+      raise DataError(f"{out / META}: already exists (use --force to overwrite)")
+    docs = list(read_documents(args.paths)) if args.paths else embedded_documents()
+    sources = [Path(p).name for p in args.paths] or ["kjv.txt.xz"]
+    if args.bpe_vocab:
+      if args.tokenizer != "byte":
+        raise DataError("--bpe-vocab trains a new tokenizer: do not also pass --tokenizer")
+      tokenizer = train_bpe(docs, args.bpe_vocab, out / "tokenizer.json")
+    else:
+      tokenizer = load_tokenizer(args.tokenizer)
+    write_shards(docs, out, tokenizer, shard_tokens=args.shard_tokens, sources=sources,
+                 overwrite=args.force)
+  except DataError as e:
+    print(f"jaxnet data prepare: error: {e}", file=sys.stderr)
+    return 2
+  meta = json.loads((out / META).read_text())
+  tok_arg = str(out / "tokenizer.json") if args.bpe_vocab else args.tokenizer
+  print(f"wrote {meta['n_tokens']} tokens ({meta['n_documents']} documents, "
+        f"{len(meta['shards'])} shard(s), {meta['dtype']}) to {out}")
+  print(f"use with: --data.shards {out} --data.tokenizer {tok_arg}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(prepare_main())
