@@ -1,0 +1,163 @@
+"""Decentralised training with DeMo: P honest peers, top-G aggregate, sign-SGD outer step.
+
+`jaxnet train --config configs/small.yaml --train.optimizer demo --train.peers 8`
+
+Each round w (gauntlet.md §15.1): every peer computes gradients on its assigned pages
+`pages(uid, w)` and its DeMo submission (`jaxnet.peer`); the first G = min(gather_size, P)
+peers are aggregated (all peers are honest here, so the gather list is simply uids
+0..G-1); every node applies θ ← θ − η_t·sign(·). With `train.compare_baseline` the AdamW
+baseline then runs with the same tokens per round (batch = P × pages × page_size
+sequences) for the same number of steps, and both curves go into one PNG.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from functools import partial
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxnet import demo, peer, sharding as shd
+from jaxnet import model as jmodel
+from jaxnet.checkpoint import Checkpointer, CheckpointError
+from jaxnet.config import Config, to_dict
+from jaxnet.configbase import ConfigError
+from jaxnet.train import MetricsLog, _progress, check_vocab
+
+
+def round_fn(params, states_P, batches_PxSxL, window, *, cfg: Config, layout, mesh, n_gather):
+  """One round for every peer plus the outer step; pure, jitted by `DecentralRun`."""
+  lr_t = demo.demo_lr(window, cfg.demo)
+  subs_P, states_P, losses_P = peer.peers_round(params, states_P, batches_PxSxL, lr_t,
+                                                layout, cfg, mesh)
+  gather = jax.tree.map(lambda x: x[:n_gather], subs_P)
+  direction = demo.aggregate(gather, jnp.ones((n_gather,), bool), layout, cfg.demo)
+  params = demo.outer_step(params, direction, lr_t, cfg.demo)
+  return params, states_P, {"loss": jnp.mean(losses_P), "lr": lr_t}
+
+
+class DecentralRun:
+  def __init__(self, cfg: Config, devices=None):
+    from jaxnet import data as jdata
+    self.cfg = cfg
+    n_peers = cfg.train.peers
+    self.mesh = shd.make_mesh("peer", cfg.mesh.peer if cfg.mesh.peer != 1 else 1, devices)
+    shd.check_divisible(n_peers, self.mesh, "peer", "train.peers")
+    self.corpus = jdata.load_corpus(cfg.data)
+    check_vocab(cfg, self.corpus)
+    self.uids = np.arange(n_peers)
+    params = jmodel.init_params(cfg.model, jax.random.key(cfg.train.seed))
+    self.layout = demo.make_layout(params, cfg.demo, n_pages=cfg.data.pages_per_window)
+    self.params = params
+    self.states = peer.init_states(params, n_peers)
+    self.n_gather = min(cfg.demo.gather_size, n_peers)
+    self.step = jax.jit(partial(round_fn, cfg=cfg, layout=self.layout, mesh=self.mesh,
+                                n_gather=self.n_gather), donate_argnums=(0, 1))
+    self.tokens_per_round = n_peers * cfg.data.pages_per_window * cfg.data.page_size * cfg.data.seq_len
+
+  def batches(self, window: int) -> dict:
+    host = self.corpus.peer_batches(self.uids, window)
+    return shd.put_tree(host, shd.along(self.mesh, "peer"))
+
+
+def train(cfg: Config, *, progress: bool = True, devices=None, stop_after: int | None = None) -> dict:
+  """Runs (or resumes) a decentralised DeMo run; optionally the matched AdamW baseline."""
+  if cfg.train.optimizer != "demo":
+    raise ConfigError(f"train.optimizer: decentral.train needs 'demo', got {cfg.train.optimizer!r}")
+  run = DecentralRun(cfg, devices)
+  out_dir = Path(cfg.train.out_dir)
+  ckpt = Checkpointer(cfg.checkpoint.dir or out_dir / "checkpoints", every=cfg.checkpoint.every,
+                      keep=cfg.checkpoint.keep,
+                      compat={"model": to_dict(cfg.model), "optimizer": "demo",
+                              "peers": cfg.train.peers, "demo": to_dict(cfg.demo)})
+  params, states, start = run.params, run.states, 0
+  if cfg.checkpoint.resume != "never":
+    latest = ckpt.check_resumable()
+    if latest is None and cfg.checkpoint.resume == "required":
+      raise CheckpointError(f"{ckpt.directory}: checkpoint.resume=required but no checkpoint exists")
+    if latest is not None:
+      (params, states), _ = ckpt.restore(latest, (params, states))
+      start = latest
+  log = MetricsLog(out_dir / "metrics.jsonl", start)
+  val = run.corpus.val_batch(min(64, run.corpus.n_val))
+  val_loss = jax.jit(partial(jmodel.loss_fn, cfg=cfg.model))
+  end = cfg.train.steps if stop_after is None else min(cfg.train.steps, start + stop_after)
+  bar = _progress(progress and shd.is_main_process(), start, cfg.train.steps)
+  history = []
+  t_last = time.perf_counter()
+  try:
+    for w in range(start, end):
+      params, states, m = run.step(params, states, run.batches(w), jnp.int32(w))
+      rec = {k: float(v) for k, v in m.items()}
+      if not np.isfinite(rec["loss"]):
+        raise FloatingPointError(f"peer loss is {rec['loss']} at round {w}")
+      now = time.perf_counter()
+      rec.update(step=w + 1, tokens_per_s=run.tokens_per_round / max(now - t_last, 1e-9))
+      t_last = now
+      if cfg.train.eval_every and (w + 1) % cfg.train.eval_every == 0:
+        rec["val_loss"] = float(val_loss(params, val))
+      history.append(rec)
+      log.write(rec)
+      if bar is not None:
+        bar.update(1)
+        bar.set_postfix(loss=f"{rec['loss']:.4f}")
+      if ckpt.should_save(w + 1) and w + 1 < end:
+        ckpt.save(w + 1, (params, states), {"data_position": w + 1})
+    if end > start:
+      ckpt.save(end, (params, states), {"data_position": end})
+  finally:
+    ckpt.close()
+    log.close()
+    if bar is not None:
+      bar.close()
+  result = {"params": params, "states": states, "history": history, "start": start, "end": end}
+  if end == cfg.train.steps and cfg.train.compare_baseline and shd.is_main_process():
+    result["baseline"] = run_baseline(cfg, run.tokens_per_round, progress, devices)
+    plot_comparison(out_dir, cfg)
+  return result
+
+
+def baseline_config(cfg: Config) -> Config:
+  """The AdamW baseline seeing the same tokens per round as the P peers together."""
+  per_round = cfg.train.peers * cfg.data.pages_per_window * cfg.data.page_size
+  train_cfg = dataclasses.replace(cfg.train, optimizer="adamw", batch_size=per_round,
+                                  microbatch=cfg.data.pages_per_window * cfg.data.page_size,
+                                  out_dir=str(Path(cfg.train.out_dir) / "adamw_baseline"))
+  ckpt_cfg = dataclasses.replace(cfg.checkpoint, dir="", every=0)
+  return dataclasses.replace(cfg, train=train_cfg, checkpoint=ckpt_cfg)
+
+
+def run_baseline(cfg: Config, tokens_per_round: int, progress: bool, devices) -> list[dict]:
+  from jaxnet import train as jtrain
+  base = baseline_config(cfg)
+  devs = (devices or jax.devices())[:1]   # the baseline's own data axis: one device is enough
+  return jtrain.train(base, progress=progress, devices=devs)["history"]
+
+
+def plot_comparison(out_dir: Path, cfg: Config) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  demo_recs = [json.loads(l) for l in (out_dir / "metrics.jsonl").read_text().splitlines() if l]
+  base_path = out_dir / "adamw_baseline" / "metrics.jsonl"
+  base_recs = [json.loads(l) for l in base_path.read_text().splitlines() if l] if base_path.exists() else []
+  fig, ax = plt.subplots(figsize=(6, 4))
+  ax.plot([r["step"] for r in demo_recs], [r["loss"] for r in demo_recs],
+          label=f"DeMo, {cfg.train.peers} peers (mean peer loss)")
+  if base_recs:
+    ax.plot([r["step"] for r in base_recs], [r["loss"] for r in base_recs],
+            label="AdamW, same tokens per round")
+  for recs, style, name in ((demo_recs, "o", "DeMo val"), (base_recs, "s", "AdamW val")):
+    val = [(r["step"], r["val_loss"]) for r in recs if "val_loss" in r]
+    if val:
+      ax.plot(*zip(*val), style + "--", label=name)
+  ax.set_xlabel("round (outer step)")
+  ax.set_ylabel("mean token cross-entropy")
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(out_dir / "loss_vs_adamw.png", dpi=120)
+  plt.close(fig)
