@@ -19,7 +19,9 @@ from typing import Any, Literal
 import yaml
 
 
-from jaxnet.configbase import ConfigError, require as _require, static_config as _static
+from jaxnet.configbase import ConfigError
+from jaxnet.gauntlet.config import GauntletConfig
+from jaxnet.sim.config import SimConfig, require as _require, static_config as _static
 
 __all__ = ["ConfigError", "Config", "load_config", "parse_overrides", "config_from_dict", "to_dict"]
 
@@ -146,7 +148,6 @@ class DemoConfig:
   normalisation: Literal["chunk", "tensor", "none"] = "chunk"
   collision: Literal["mean", "sum"] = "mean"
   apply_sign: bool = True
-  gather_size: int = 15          # max_topk_peers G
   peer_batch: int = 1            # lax.map batch size over the peer axis
 
   def __post_init__(self):
@@ -155,7 +156,6 @@ class DemoConfig:
     _require(self.chunk > 0, "demo.chunk", "must be positive")
     _require(self.quant_bins == 256 or not self.quantize, "demo.quant_bins",
              "only 256 bins (uint8) are supported")
-    _require(self.gather_size > 0, "demo.gather_size", "must be positive")
     _require(self.peer_batch > 0, "demo.peer_batch", "must be positive")
 
 
@@ -167,6 +167,8 @@ class Config:
   mesh: MeshConfig = field(default_factory=MeshConfig)
   checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
   demo: DemoConfig = field(default_factory=DemoConfig)
+  gauntlet: GauntletConfig = field(default_factory=GauntletConfig)
+  sim: SimConfig = field(default_factory=SimConfig)
 
   def __post_init__(self):
     _require(self.data.seq_len <= self.model.max_seq_len, "data.seq_len",

@@ -54,7 +54,7 @@ class DecentralRun:
     self.layout = demo.make_layout(params, cfg.demo, n_pages=cfg.data.pages_per_window)
     self.params = params
     self.states = peer.init_states(params, n_peers)
-    self.n_gather = min(cfg.demo.gather_size, n_peers)
+    self.n_gather = min(cfg.gauntlet.gather_size, n_peers)
     self.step = jax.jit(partial(round_fn, cfg=cfg, layout=self.layout, mesh=self.mesh,
                                 n_gather=self.n_gather), donate_argnums=(0, 1))
     self.tokens_per_round = n_peers * cfg.data.pages_per_window * cfg.data.page_size * cfg.data.seq_len

@@ -1,0 +1,122 @@
+"""Host side of a validator round: uploads (bytes + times) -> `RoundInputs`, then the round.
+
+Parsing never raises: each malformed upload becomes `struct_ok = False` with its
+`SubmissionError.reason`, and its slot is filled with zeros so that the pool keeps its
+static shape [N]. Value checks (index range, NaN/Inf) run vectorised inside the jitted
+round (`fast.format_ok`), so the reasons here are only the structural ones.
+"""
+from __future__ import annotations
+
+from functools import partial
+from typing import NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxnet.config import Config
+from jaxnet.gauntlet import fast
+from jaxnet.gauntlet.validator import RoundInputs, ValidatorState, score_round
+from jaxnet.submission import Layout, Submission, SubmissionError, from_bytes
+
+
+def zeros_submission(layout: Layout) -> Submission:
+  return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), layout.abstract())
+
+
+def parse_uploads(uploads: Sequence[bytes | None], layout: Layout, window: int):
+  """-> (stacked subs [N, ...], present [N], struct_ok [N], reasons [N] ('' if fine))."""
+  zero = zeros_submission(layout)
+  subs, present, ok, reasons = [], [], [], []
+  for uid, data in enumerate(uploads):
+    present.append(data is not None)
+    if data is None:
+      subs.append(zero), ok.append(False), reasons.append("missing")
+      continue
+    try:
+      subs.append(from_bytes(data, layout, uid=uid, window=window, check=False))
+      ok.append(True), reasons.append("")
+    except SubmissionError as e:
+      subs.append(zero), ok.append(False), reasons.append(e.reason)
+  stacked = jax.tree.map(lambda *xs: np.stack(xs), *subs)
+  return stacked, np.asarray(present), np.asarray(ok), reasons
+
+
+def eval_rows(n_rows: int, sample_rate: float, seed: int, window: int, uid: int) -> np.ndarray:
+  """Rows of a peer's assigned batch that the validator evaluates (§9.2 step 1).
+
+  A fraction `sample_rate` (at least 1 row), drawn from (seed, window, uid) so every
+  validator picks the same rows (§18 row 9); sorted, so the batch order is canonical.
+  """
+  n = max(1, int(round(sample_rate * n_rows)))
+  rng = np.random.default_rng([seed, window, uid, 0x9A0])
+  return np.sort(rng.choice(n_rows, size=n, replace=False))
+
+
+def round_batches(corpus, n_uids: int, window: int, sample_rate: float, seed: int):
+  """Sampled assigned batches of every uid [N, B, L] and the shared random batch [B', L]."""
+  full = corpus.peer_batches(np.arange(n_uids), window)
+  n_rows = full["inputs"].shape[1]
+  rows = np.stack([eval_rows(n_rows, sample_rate, seed, window, u) for u in range(n_uids)])
+  own = {k: np.take_along_axis(v, rows[:, :, None], axis=1) for k, v in full.items()}
+  rand_full = corpus.batch_from_pages(corpus.random_pages(window))
+  r_rows = eval_rows(rand_full["inputs"].shape[0], sample_rate, seed, window, -1 & 0xFFFF)
+  rand = {k: v[r_rows] for k, v in rand_full.items()}
+  return own, rand
+
+
+class Validator:
+  """Holds the static pieces (config, layout, mesh) and the jitted `score_round`."""
+
+  def __init__(self, cfg: Config, layout: Layout, n_uids: int, mesh=None):
+    self.cfg, self.layout, self.n_uids, self.mesh = cfg, layout, n_uids, mesh
+    self._round = jax.jit(partial(score_round, cfg=cfg.gauntlet, layout=layout,
+                                  model_cfg=cfg.model, mesh=mesh))
+
+  def inputs(self, uploads, offsets_s, probes, probe_present, stake, own, rand, window) -> tuple:
+    subs, present, struct_ok, reasons = parse_uploads(uploads, self.layout, window)
+    inputs = RoundInputs(
+        subs=subs, present=jnp.asarray(present), struct_ok=jnp.asarray(struct_ok),
+        offset_s=jnp.asarray(offsets_s, jnp.float32), probes=jnp.asarray(probes, jnp.float32),
+        probe_present=jnp.asarray(probe_present), stake=jnp.asarray(stake, jnp.float32),
+        own=own, rand=rand)
+    return inputs, reasons
+
+  def round(self, state: ValidatorState, inputs: RoundInputs, params, window: int, lr_t,
+            key) -> tuple[ValidatorState, dict]:
+    return self._round(state, inputs, params, jnp.int32(window), jnp.float32(lr_t), key)
+
+
+def validator_round(state: ValidatorState, submissions: Sequence[bytes | None], timestamps,
+                    params, data: dict, key, *, validator: Validator, window: int, lr_t):
+  """The issue's signature: uploads and their times in, (new state, report) out.
+
+  `data` holds `own`, `rand` (see `round_batches`), `probes`, `probe_present` and `stake`.
+  The report gains `reason`, the structural parse result per uid.
+  """
+  inputs, reasons = validator.inputs(submissions, timestamps, data["probes"], data["probe_present"],
+                                     data["stake"], data["own"], data["rand"], window)
+  state, report = validator.round(state, inputs, params, window, lr_t, key)
+  report = {k: np.asarray(v) for k, v in report.items()}
+  report["reason"] = explain(report, reasons)
+  return state, report
+
+
+def explain(report: dict, reasons: Sequence[str]) -> np.ndarray:
+  """One word per uid saying what was wrong with its upload ('' if nothing)."""
+  out = []
+  for u, r in enumerate(reasons):
+    if r:
+      out.append(r)                      # missing, or a structural SubmissionError reason
+    elif not report["fmt_idx_in_range"][u]:
+      out.append("index_range")
+    elif not (report["fmt_values_finite"][u] and report["fmt_qparams_finite"][u]
+              and report["fmt_decoded_finite"][u]):
+      out.append("nonfinite")
+    elif report["too_early"][u]:
+      out.append("too_early")
+    elif report["too_late"][u]:
+      out.append("too_late")
+    else:
+      out.append("")
+  return np.asarray(out, dtype=object)

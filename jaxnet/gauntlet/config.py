@@ -1,0 +1,134 @@
+"""Every constant of the Gauntlet validator in one frozen, static config section.
+
+Defaults are the reference commit templar @9ce04f64 (gauntlet.md §15.2, and the validator's
+hard-coded values listed under it) or the default column of gauntlet.md §18. Each field cites
+its section. The section is passed straight into jitted functions (it is a static pytree).
+"""
+from __future__ import annotations
+
+from dataclasses import field
+from typing import Literal
+
+from jaxnet.configbase import require, static_config
+from jaxnet.gauntlet.rating import RatingParams
+
+__all__ = ["GauntletConfig", "GauntletError"]
+
+
+class GauntletError(ValueError):
+  """Bad input to a Gauntlet array function (shape, dtype or range); the message names it."""
+
+
+@static_config
+class GauntletConfig:
+  """The validator's constants (gauntlet.md §6-§14, §15.2, §18).
+
+  Slash factors multiply positive scores only (§14, issue #45); every slashed F that ends
+  below `score_floor` becomes 0 (§18 row 10g).
+  """
+  # --- slashes (§7.1-§7.3, §9.2 step 2, §14; hard-coded 0.75 in the reference validator)
+  slash_inactive: float = 0.75           # per inactive window (§7.1)
+  slash_missing: float = 0.75            # gather peer skipped / evaluated peer missing or late
+  slash_desync: float = 0.75             # debug dict missing or x > sync_max_steps_behind (§7.2)
+  gather_slash_threshold: float = 0.0    # §7.3 post-paper: zero skipped peers if the gather
+                                         # success rate < this; 0 = off (reference commit)
+  score_floor: float = 1e-4              # F < floor after a slash -> 0 (§14 HEAD, §18 row 10g)
+  penalise_page_mismatch: float = 0.0    # §18 row 10e: slash factor; 0.0 = log only
+
+  # --- uptime and inactivity (§6, §7.1)
+  recent_windows: int = 5                # active = an upload in [current - 5, current]
+  reset_inactivity_windows: int = 25     # full reset after more than 25 inactive windows
+  candidate_stake_cap: float = 20000.0   # evaluation candidates: stake <= 20 000 (§6)
+
+  # --- unique-computation indicator and its EMA (§10, §18 row 4)
+  bma_alpha: float = 0.05                # binary_score_ma_alpha
+  bma_init: float = 0.0                  # BMA starts at 0 at the reference commit
+
+  # --- sync score (§7.2)
+  sync_saturation: float = 5.0           # x is capped at 5 steps behind
+  sync_exponent: float = 2.5             # (1 - min(x, 5)/5)^2.5
+  sync_max_steps_behind: float = 3.0     # desync slash when x > 3
+
+  # --- LossScore (§9, §18 rows 2, 3)
+  eval_lr_factor: float = 0.2            # e in theta - eta * e * sign(delta)
+  eval_apply_sign: bool = True           # §18 row 3: sign step (immune to magnitude gaming)
+  sample_rate: float = 0.1               # fraction of batches evaluated, at least 1
+  score_source: Literal["random", "assigned", "both"] = "random"  # §18 row 2
+  relative_improvement: bool = True      # §9.2 step 6: (L_before - L_after) / L_before
+  score_mode: Literal["exact", "first_order"] = "exact"  # exact losses or a linearisation
+  eval_batch: int = 1                    # lax.map batch size over evaluated peers
+
+  # --- choosing whom to evaluate (§8)
+  uids_per_window: int = 0               # 0 = evaluate every candidate (jaxnet default);
+                                         # 4 reproduces the reference sampling
+  num_evaluation_bins: int = 10          # binning by ordinal (10 from 2025-05-25)
+
+  # --- LossRating and final score (§11, §18 rows 5, 10f)
+  rating: RatingParams = field(default_factory=RatingParams)  # beta 7, tau 0.1, mu 25, ...
+  score_statistic: Literal["ordinal", "mu"] = "ordinal"       # §18 row 5 (#270: ordinal)
+  carry_unmatched_scores: bool = False   # §18 row 10f: drop a lone evaluated peer's score
+
+  # --- weights (§12, §18 row 6)
+  power: float = 2.2                     # power_normalisation p: w = F^p / sum F^p
+  weight_min_sum: float = 1e-8           # all weights 0 when sum F^p < 1e-8
+  windows_per_weights: int = 50          # on-chain set_weights period
+
+  # --- gather peers (§13)
+  gather_size: int = 15                  # max_topk_peers G
+  minimum_peers: int = 5                 # no list is posted with fewer active peers
+  peer_replacement_frequency: int = 5    # refresh every 5 windows
+  peer_list_window_margin: int = 2       # a refreshed list takes effect 2 windows later
+
+  # --- clock and put window (§1)
+  blocks_per_window: int = 8
+  put_window_s: float = 10.0             # time_window_delta_seconds
+  validator_offset: int = 2              # round s is processed once current >= s + 2 (§6)
+  fast_scope: Literal["gather_evaluated", "all_active"] = "gather_evaluated"  # §18 row 7
+
+  # --- index-overlap copy detection (§14, §16, §18 row 4; templar PR #382/#435, post-paper)
+  overlap_detection: bool = False        # off by default: not part of the paper's Gauntlet
+  overlap_threshold: float = 0.4         # "high": F, BMA x overlap_slash
+  overlap_max_threshold: float = 0.5     # "max": full reset
+  overlap_mega_threshold: float = 0.6    # "mega": full reset and a timeout
+  overlap_slash: float = 0.5             # templar HEAD multiplier for "high"
+  overlap_timeout_windows: int = 200     # templar HEAD naughty_peer_timeout for "mega"
+  # templar weights each tensor by its number of transmitted indices (C * k); "elements"
+  # weights by the tensor's element count (C * chunk_len) instead.
+  overlap_size_weight: Literal["indices", "elements"] = "indices"
+
+  def __post_init__(self):
+    for name in ("slash_inactive", "slash_missing", "slash_desync", "penalise_page_mismatch",
+                 "overlap_slash", "gather_slash_threshold"):
+      value = getattr(self, name)
+      require(0.0 <= value <= 1.0, f"gauntlet.{name}", f"must be in [0, 1], got {value}")
+    require(self.score_floor >= 0.0, "gauntlet.score_floor", "must be >= 0")
+    for name in ("recent_windows", "reset_inactivity_windows", "num_evaluation_bins",
+                 "gather_size", "minimum_peers", "peer_replacement_frequency",
+                 "windows_per_weights", "blocks_per_window", "eval_batch"):
+      value = getattr(self, name)
+      require(value > 0, f"gauntlet.{name}", f"must be positive, got {value}")
+    for name in ("uids_per_window", "peer_list_window_margin", "validator_offset",
+                 "overlap_timeout_windows"):
+      value = getattr(self, name)
+      require(value >= 0, f"gauntlet.{name}", f"must be >= 0, got {value}")
+    require(self.candidate_stake_cap >= 0, "gauntlet.candidate_stake_cap", "must be >= 0")
+    require(0.0 < self.bma_alpha <= 1.0, "gauntlet.bma_alpha",
+            f"must be in (0, 1], got {self.bma_alpha}")
+    require(-1.0 <= self.bma_init <= 1.0, "gauntlet.bma_init",
+            f"must be in [-1, 1] (the indicator is +-1), got {self.bma_init}")
+    require(self.sync_saturation > 0, "gauntlet.sync_saturation", "must be positive")
+    require(self.sync_exponent > 0, "gauntlet.sync_exponent", "must be positive")
+    require(self.sync_max_steps_behind >= 0, "gauntlet.sync_max_steps_behind", "must be >= 0")
+    require(self.eval_lr_factor > 0, "gauntlet.eval_lr_factor", "must be positive")
+    require(0.0 < self.sample_rate <= 1.0, "gauntlet.sample_rate",
+            f"must be in (0, 1], got {self.sample_rate}")
+    require(self.power > 0, "gauntlet.power", f"must be positive, got {self.power}")
+    require(self.weight_min_sum >= 0, "gauntlet.weight_min_sum", "must be >= 0")
+    require(self.minimum_peers <= self.gather_size, "gauntlet.minimum_peers",
+            f"{self.minimum_peers} exceeds gather_size={self.gather_size}")
+    require(self.put_window_s >= 0, "gauntlet.put_window_s", "must be >= 0")
+    require(0.0 <= self.overlap_threshold <= self.overlap_max_threshold
+            <= self.overlap_mega_threshold <= 1.0, "gauntlet.overlap_threshold",
+            "need 0 <= overlap_threshold <= overlap_max_threshold <= "
+            f"overlap_mega_threshold <= 1, got {self.overlap_threshold}, "
+            f"{self.overlap_max_threshold}, {self.overlap_mega_threshold}")

@@ -1,0 +1,202 @@
+"""The validator round as one pure function over `ValidatorState` (gauntlet.md §15.1).
+
+`score_round(state, inputs, params, window, lr_t, key) -> (state, report)` runs, for a
+fixed pool of N uids and in one jitted call:
+
+  1. uptime: activity, candidates, inactivity decay and resets (§6, §7.1)
+  2. gather list refresh (§13) and the gather checks: skipped-peer slash (§7.3)
+  3. sync score and the desync slash (§7.2)
+  4. whom to evaluate: every candidate (jaxnet default) or templar's binned sampling (§8)
+  5. LossScore of every evaluated peer at once (§9), indicator and BMA (§10)
+  6. one Plackett-Luce match ranked by r_rand (§11) and the final score F (§11.4)
+  7. optional index-overlap copy detection (§14, §18 row 4)
+  8. weights F^p / Σ F^p (§12)
+
+The report holds, per uid, every term and every slash with its reason, so a peer can see
+why it earned what it earned (`jaxnet report`). Randomness comes only from `key`, which
+the caller derives from (seed, window): validators with the same inputs agree.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxnet.config import ModelConfig
+from jaxnet.gauntlet import fast, lossscore, overlap, rating, scores, select
+from jaxnet.gauntlet.config import GauntletConfig
+from jaxnet.submission import Layout, Submission
+
+NEVER = -(10 ** 6)
+
+
+class ValidatorState(NamedTuple):
+  """Everything a validator carries across rounds (a pytree; Orbax checkpoints it)."""
+  scores: scores.ScoreState
+  rating: rating.RatingState
+  gather: select.GatherState
+  last_upload: jax.Array   # [N] int32 window of the latest gradient object
+  weights: jax.Array       # [N] float32 latest weights
+  window: jax.Array        # () int32 last processed window
+
+
+class RoundInputs(NamedTuple):
+  """What the validator sees in round s: uploads and their times, never peer labels."""
+  subs: Submission         # [N, ...] stacked; zeros where missing or malformed
+  present: jax.Array       # [N] bool: a gradient object exists for this round
+  struct_ok: jax.Array     # [N] bool: it parsed with the expected structure (host check)
+  offset_s: jax.Array      # [N] float32: upload time − T_{w+1} (seconds)
+  probes: jax.Array        # [N, K] float32: debug dict θ[10:12] of each tensor (§3.4)
+  probe_present: jax.Array  # [N] bool
+  stake: jax.Array         # [N] float32: candidates have stake <= cap (§6)
+  own: dict                # [N, B, L] each uid's sampled assigned batch (§9.2 step 1)
+  rand: dict               # [B, L] the round's shared random batch (§9.1)
+
+
+def init_state(n_uids: int, cfg: GauntletConfig) -> ValidatorState:
+  return ValidatorState(
+      scores=scores.init(n_uids, cfg.bma_init),
+      rating=rating.init_state(n_uids, cfg.rating),
+      gather=select.init_gather(cfg.gather_size),
+      last_upload=jnp.full((n_uids,), NEVER, jnp.int32),
+      weights=jnp.zeros((n_uids,), jnp.float32),
+      window=jnp.int32(-1))
+
+
+def _take(tree, idx):
+  return jax.tree.map(lambda x: x[idx], tree)
+
+
+def _score_source(ls: lossscore.LossScores, cfg: GauntletConfig):
+  if cfg.score_source == "assigned":
+    return ls.r_own
+  if cfg.score_source == "both":
+    return 0.5 * (ls.r_own + ls.r_rand)
+  return ls.r_rand
+
+
+def _evaluate(params, inputs: RoundInputs, selected_N, step_size, *, cfg: GauntletConfig,
+              layout: Layout, model_cfg: ModelConfig, mesh):
+  """LossScore for the selected uids; returns [N] arrays (0 outside the selection)."""
+  n = selected_N.shape[0]
+  m = n if cfg.uids_per_window == 0 else min(cfg.uids_per_window, n)
+  if m == n:
+    idx_M = jnp.arange(n)
+  else:  # static M: the selected uids first (ascending uid), padded with unselected ones
+    idx_M = jnp.argsort(~selected_N, stable=True)[:m]
+  shards = mesh.size if mesh is not None else 1
+  pad = (-m) % shards
+  idx_M = jnp.concatenate([idx_M, jnp.zeros((pad,), idx_M.dtype)]) if pad else idx_M
+  subs_M, own_M = _take(inputs.subs, idx_M), _take(inputs.own, idx_M)
+  if mesh is not None and mesh.size > 1:
+    spec = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("peer"))
+    subs_M = jax.lax.with_sharding_constraint(subs_M, spec)
+    own_M = jax.lax.with_sharding_constraint(own_M, spec)
+  ls = lossscore.score_peers(params, subs_M, own_M, inputs.rand, step_size, layout=layout,
+                             model_cfg=model_cfg, eval_batch=cfg.eval_batch,
+                             mode=cfg.score_mode, apply_sign=cfg.eval_apply_sign, mesh=mesh)
+  idx_M, valid_M = idx_M[:m], jnp.arange(m) < m
+
+  def scatter(v_M, fill=0.0):
+    return jnp.full((n,), fill, jnp.float32).at[idx_M].set(jnp.where(valid_M, v_M[:m], fill))
+
+  out = {k: scatter(getattr(ls, k)) for k in ("own_before", "own_after", "rand_after", "r_own", "r_rand")}
+  out["score"] = scatter(_score_source(ls, cfg))
+  out["rand_before"] = jnp.broadcast_to(ls.rand_before, (n,))
+  return out
+
+
+def score_round(state: ValidatorState, inputs: RoundInputs, params, window, lr_t, key, *,
+                cfg: GauntletConfig, layout: Layout, model_cfg: ModelConfig,
+                mesh: jax.sharding.Mesh | None = None) -> tuple[ValidatorState, dict]:
+  """One validator round (module docstring). Jit with everything after `key` static."""
+  n = state.last_upload.shape[0]
+  window = jnp.asarray(window, jnp.int32)
+  k_gather, k_select = jax.random.split(key)
+  sc, rt = state.scores, state.rating
+  zeros_b = jnp.zeros((n,), bool)
+
+  # 1. uptime (§6, §7.1)
+  last_upload = fast.update_activity(state.last_upload, inputs.present, window)
+  active = fast.is_active(last_upload, window, cfg)
+  candidate = select.candidates(active, inputs.stake, cfg.candidate_stake_cap)
+  final_before = sc.final
+  sc, reset_inactive = scores.inactivity_step(sc, window, active, candidate, cfg)
+  rt = rating.reset(rt, reset_inactive, cfg.rating)
+
+  # 2. gather list and gather checks (§13, §7.3, §7.4)
+  gather_state, in_gather = select.gather_step(state.gather, window, state.weights, active,
+                                               k_gather, cfg)
+  tl = fast.timeliness(inputs.present, inputs.offset_s, cfg.put_window_s)
+  fmt_ok, fmt_flags = fast.format_ok(inputs.subs, inputs.struct_ok, layout)
+  usable = tl.on_time & fmt_ok
+  gather_skipped = in_gather & ~usable
+  sc = scores.slash_scores(sc, cfg.slash_missing, gather_skipped, cfg)
+
+  # 3. sync (§7.2): the debug dict of round s−1 against our θ after update s−1
+  own_probe = fast.sync_probe(params, layout)
+  x_N = fast.steps_behind(own_probe, inputs.probes, lr_t)
+  sync_N = fast.sync_score(x_N, inputs.probe_present, cfg)
+  desync = in_gather & fast.desynced(x_N, inputs.probe_present, cfg)
+  sc = scores.slash_scores(sc, cfg.slash_desync, desync, cfg)
+
+  # 4. whom to evaluate (§8); timed-out copiers are not candidates
+  eligible = candidate & (window >= sc.timeout_until)
+  selected, sel_metrics = select.select_for_evaluation(k_select, eligible, rating.ordinal(rt, cfg.rating.z),
+                                                       sc.waiting, cfg)
+  sc = sc._replace(waiting=select.update_waiting(sc.waiting, candidate, selected))
+
+  # 5. LossScore (§9) and the indicator (§10)
+  missing_eval = selected & ~tl.on_time
+  sc = scores.slash_scores(sc, cfg.slash_missing, missing_eval, cfg)
+  malformed_eval = selected & tl.on_time & ~fmt_ok
+  sc = scores.zero_positive(sc, malformed_eval)
+  ev = _evaluate(params, inputs, selected & usable, lr_t * cfg.eval_lr_factor, cfg=cfg,
+                 layout=layout, model_cfg=model_cfg, mesh=mesh)
+  finite = jnp.isfinite(ev["r_own"]) & jnp.isfinite(ev["score"])
+  scored = selected & usable & finite
+  sc = scores.record_evaluation(sc, window, scored, jnp.where(finite, ev["r_own"], 0.0),
+                                jnp.where(finite, ev["r_rand"], 0.0), sync_N, cfg)
+  sc = sc._replace(ever_evaluated=sc.ever_evaluated | missing_eval | malformed_eval)
+
+  # 6. rating: one match ranked by the score (§11), F for the participants (§11.4)
+  rt, rate_metrics = rating.rate(rt, scored, jnp.where(scored, ev["score"], 0.0), cfg.rating)
+  in_match = scored & rate_metrics["applied"]
+  stat = rating.ordinal(rt, cfg.rating.z) if cfg.score_statistic == "ordinal" else rt.mu
+  sc = scores.update_final(sc, stat, in_match)
+
+  # 7. index-overlap copy detection (post-paper, off by default)
+  copy_level = jnp.zeros((n,), jnp.int32)
+  max_overlap = jnp.zeros((n,), jnp.float32)
+  if cfg.overlap_detection:
+    chunk_lens = {t.name: t.chunk_len for t in layout.tensors}
+    ov = overlap.index_overlap(inputs.subs.idx, chunk_lens, cfg.overlap_size_weight)
+    verdict = overlap.copy_slash(ov, jnp.where(usable, inputs.offset_s, jnp.inf), usable,
+                                 (cfg.overlap_threshold, cfg.overlap_max_threshold,
+                                  cfg.overlap_mega_threshold))
+    sc, reset_copy = overlap.apply_copy_verdict(sc, verdict.level, window, cfg)
+    rt = rating.reset(rt, reset_copy, cfg.rating)
+    copy_level, max_overlap = verdict.level, verdict.max_overlap
+
+  # 8. weights (§12)
+  w = scores.weights(sc.final, cfg.power, cfg.weight_min_sum, mask=sc.ever_evaluated)
+  new_state = ValidatorState(sc, rt, gather_state, last_upload, w, window)
+  report = {
+      "uid": jnp.arange(n, dtype=jnp.int32), "present": inputs.present,
+      "on_time": tl.on_time, "too_early": tl.too_early, "too_late": tl.too_late,
+      "format_ok": fmt_ok, **{f"fmt_{k}": v for k, v in fmt_flags.items() if k != "ok"},
+      "active": active, "candidate": candidate, "in_gather": in_gather,
+      "gather_valid": in_gather & usable, "evaluated": selected, "scored": scored,
+      "in_match": in_match, "own_before": ev["own_before"], "own_after": ev["own_after"],
+      "rand_before": ev["rand_before"], "rand_after": ev["rand_after"],
+      "r_own": ev["r_own"], "r_rand": ev["r_rand"], "indicator": sc.indicator,
+      "bma": sc.bma, "steps_behind": x_N, "sync": sync_N, "mu": rt.mu, "sigma": rt.sigma,
+      "ordinal": rating.ordinal(rt, cfg.rating.z), "final_before": final_before,
+      "final": sc.final, "weight": w,
+      "slash_inactive_reset": reset_inactive, "slash_gather_skipped": gather_skipped,
+      "slash_desync": desync, "slash_eval_missing": missing_eval,
+      "slash_malformed": malformed_eval, "copy_level": copy_level, "max_overlap": max_overlap,
+      "eval_bin": jnp.broadcast_to(sel_metrics["bin"], (n,)),
+  }
+  return new_state, report

@@ -1,0 +1,57 @@
+"""Simulation section of the config: who the peers are and how the network runs."""
+from __future__ import annotations
+
+from jaxnet.configbase import require, static_config
+
+BEHAVIOURS = ("honest", "free_rider", "zeros", "copier", "noise", "malformed", "late", "early",
+              "desync", "wrong_data", "replay", "sybil")
+
+
+@static_config
+class SimConfig:
+  """A permissionless network on one machine (gauntlet.md §1.4, §2.3, §16).
+
+  `peers` lists behaviour groups as "behaviour:count" in uid order, e.g.
+  ("honest:8", "noise:1", "copier:1"). The validator never sees these labels.
+  """
+  peers: tuple[str, ...] = ("honest:6", "noise:1", "copier:1")
+  rounds: int = 20
+  seed: int = 0
+  honest_upload_s: tuple[float, float] = (0.5, 3.0)  # honest upload offsets in the put window
+  copy_delay_s: float = 2.0        # a copier re-uploads this long after its victim (§1.3)
+  copy_noise: float = 0.0          # relative noise a copier adds to the copied values
+  late_s: float = 15.0             # late uploaders: offset past the 10 s put window
+  early_s: float = -5.0            # early uploaders: before the window boundary
+  desync_every: int = 3            # desynced peers apply only every n-th outer step
+  sybil_uids_per_operator: int = 3  # sybil group: one computation uploaded under n uids
+  validators: int = 1              # validators with stake (ledger input)
+  validator_stake: tuple[float, ...] = (1.0,)
+  ledger_every: int = 5            # rounds between ledger epochs (0 = no ledger)
+  checkpoint_every: int = 0        # rounds between checkpoints (0 = end only)
+  storage: str = "memory"          # "memory" or a directory path for the local backend
+
+  def __post_init__(self):
+    total = 0
+    for i, item in enumerate(self.peers):
+      name, _, count = item.partition(":")
+      require(name in BEHAVIOURS, f"sim.peers[{i}]",
+              f"unknown behaviour {name!r} (known: {', '.join(BEHAVIOURS)})")
+      require(count.isdigit() and int(count) > 0, f"sim.peers[{i}]",
+              f"{item!r} must look like 'behaviour:count' with count > 0")
+      total += int(count)
+    require(total >= 2, "sim.peers", "need at least 2 peers")
+    require(self.rounds > 0, "sim.rounds", "must be positive")
+    require(self.desync_every >= 2, "sim.desync_every", "must be >= 2")
+    require(self.validators >= 1, "sim.validators", "must be >= 1")
+    require(len(self.validator_stake) == self.validators, "sim.validator_stake",
+            f"needs {self.validators} entries")
+    require(all(s >= 0 for s in self.validator_stake), "sim.validator_stake", "must be >= 0")
+    require(self.ledger_every >= 0, "sim.ledger_every", "must be >= 0")
+
+  def behaviours(self) -> list[str]:
+    """Behaviour of every uid, in uid order."""
+    out = []
+    for item in self.peers:
+      name, _, count = item.partition(":")
+      out += [name] * int(count)
+    return out

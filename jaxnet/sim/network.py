@@ -1,0 +1,216 @@
+"""The network loop: peers, uploads, the validator, the outer step and the ledger.
+
+One round w (gauntlet.md §15.1): every uid computes what its behaviour says (honest DeMo
+on `pages(uid, w)`, or wrong pages, or a stale model), uploads through `Storage` with a
+timestamp relative to the window boundary T_{w+1}; the validator reads the storage (only
+bytes and times), scores the round and posts weights and the gather list; every honest
+node aggregates the valid gather peers and applies θ ← θ − η_t·sign(·). Every
+`sim.ledger_every` rounds a ledger epoch turns the validators' weights into emission.
+
+The whole state is one pytree (`NetState`), checkpointed with Orbax; a run that is killed
+and resumed gives bit-identical results.
+"""
+from __future__ import annotations
+
+import json
+from functools import partial
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxnet import demo, peer, sharding as shd
+from jaxnet import model as jmodel
+from jaxnet.checkpoint import Checkpointer
+from jaxnet.config import Config, to_dict
+from jaxnet.gauntlet import collect, fast
+from jaxnet.gauntlet.validator import ValidatorState, init_state as init_validator
+from jaxnet.sim import adversaries
+from jaxnet.sim.storage import debug_name, gradient_name, make_storage
+from jaxnet.submission import Submission, from_bytes, stack
+
+WINDOW_S = 96.0          # 8 blocks x 12 s (gauntlet.md §1.1)
+WRONG_DATA_SHIFT = 100_003  # wrong-data peers train on pages of a far-away window
+
+
+class NetState(NamedTuple):
+  params: Any              # θ of every honest node
+  momenta: demo.DemoState  # [N] per-uid DeMo state
+  stale_params: Any        # θ of the desynced nodes (they skip outer steps)
+  validator: ValidatorState
+  prev_subs: Submission    # [N] last round's own computations (for replay)
+  ledger: Any              # ledger state (None-free pytree; see jaxnet.ledger)
+  window: jax.Array        # () int32: next round to run
+
+
+class Network:
+  """Builds the jitted pieces once; `run_round(state)` advances one round."""
+
+  def __init__(self, cfg: Config, devices=None):
+    from jaxnet import data as jdata
+    self.cfg = cfg
+    self.behaviours = cfg.sim.behaviours()
+    self.n = len(self.behaviours)
+    self.corpus = jdata.load_corpus(cfg.data)
+    devs = list(devices or jax.devices())
+    size = max(d for d in range(1, len(devs) + 1) if self.n % d == 0)
+    self.mesh = shd.make_mesh("peer", size if cfg.mesh.peer == -1 else min(cfg.mesh.peer, size), devs)
+    self.layout = demo.make_layout(jmodel.abstract_params(cfg.model), cfg.demo,
+                                   n_pages=cfg.data.pages_per_window)
+    self.validator = collect.Validator(cfg, self.layout, self.n, self.mesh)
+    self.storage = make_storage(cfg.sim.storage)
+    self.desync = np.array([b == "desync" for b in self.behaviours])
+    self._peers = jax.jit(lambda p, s, b, lr: peer.peers_round(p, s, b, lr, self.layout, cfg, self.mesh))
+    self._agg = jax.jit(lambda subs, valid: demo.aggregate(subs, valid, self.layout, cfg.demo))
+    self._outer = jax.jit(lambda p, d, lr: demo.outer_step(p, d, lr, cfg.demo))
+    self._probe = jax.jit(lambda p: fast.sync_probe(p, self.layout))
+    self._val_loss = jax.jit(partial(jmodel.loss_fn, cfg=cfg.model))
+    self.val_batch = self.corpus.val_batch(min(32, self.corpus.n_val))
+    from jaxnet.sim import ledger_bridge
+    self.ledger = ledger_bridge.LedgerBridge(cfg, self.n)
+
+  # ------------------------------------------------------------------ state
+  def init_state(self) -> NetState:
+    params = jmodel.init_params(self.cfg.model, jax.random.key(self.cfg.train.seed))
+    zero = collect.zeros_submission(self.layout)
+    prev = jax.tree.map(lambda x: np.broadcast_to(x, (self.n,) + x.shape).copy(), zero)
+    return NetState(params, peer.init_states(params, self.n), params,
+                    init_validator(self.n, self.cfg.gauntlet), prev, self.ledger.init(),
+                    jnp.int32(0))
+
+  # ------------------------------------------------------------------ one round
+  def _batches(self, window: int) -> dict:
+    uids = np.arange(self.n)
+    honest = self.corpus.peer_batches(uids, window)
+    wrong = [u for u, b in enumerate(self.behaviours) if b == "wrong_data"]
+    if wrong:
+      other = self.corpus.peer_batches(np.asarray(wrong), window + WRONG_DATA_SHIFT)
+      for k in honest:
+        honest[k][wrong] = other[k]
+    return honest
+
+  def _compute(self, st: NetState, window: int, lr_t):
+    batches = self._batches(window)
+    subs, momenta, losses = self._peers(st.params, st.momenta, batches, lr_t)
+    if self.desync.any():  # desynced uids compute on their stale model
+      d_subs, d_mom, d_loss = self._peers(st.stale_params, st.momenta, batches, lr_t)
+      pick = lambda a, b: jnp.where(self.desync.reshape((-1,) + (1,) * (a.ndim - 1)), b, a)
+      subs, momenta, losses = jax.tree.map(pick, (subs, momenta, losses), (d_subs, d_mom, d_loss))
+    pages = np.stack([self.corpus.pages(u, window) for u in range(self.n)]).astype(np.int32)
+    subs = subs._replace(uid=jnp.arange(self.n, dtype=jnp.int32),
+                         window=jnp.full((self.n,), window, jnp.int32), pages=jnp.asarray(pages))
+    return jax.tree.map(np.asarray, subs), momenta, np.asarray(losses)
+
+  def run_round(self, st: NetState) -> tuple[NetState, dict]:
+    cfg, n = self.cfg, self.n
+    w = int(st.window)
+    lr_t = demo.demo_lr(w, cfg.demo)
+    subs, momenta, peer_losses = self._compute(st, w, lr_t)
+    own = [jax.tree.map(lambda x: x[u], subs) for u in range(n)]
+    prev = [jax.tree.map(lambda x: x[u], st.prev_subs) for u in range(n)] if w > 0 else [None] * n
+    uploads, offsets, probe_ok = adversaries.make_uploads(self.behaviours, own, w, prev,
+                                                          self.layout, cfg.sim)
+    boundary = (w + 1) * WINDOW_S   # T_{w+1}
+    honest_probe = np.asarray(self._probe(st.params))
+    stale_probe = np.asarray(self._probe(st.stale_params))
+    for u in range(n):
+      if uploads[u] is not None:
+        self.storage.put(gradient_name(w, u), uploads[u], boundary + offsets[u])
+      if probe_ok[u]:
+        pr = stale_probe if self.desync[u] else honest_probe
+        self.storage.put(debug_name(w, u), pr.astype(np.float32).tobytes(), boundary + offsets[u])
+    # ---- the validator sees only the storage
+    got = [self.storage.get(gradient_name(w, u)) for u in range(n)]
+    data = [g[0] if g else None for g in got]
+    times = np.array([g[1] - boundary if g else np.inf for g in got], np.float32)
+    dbg = [self.storage.get(debug_name(w, u)) for u in range(n)]
+    k = fast.probe_size(self.layout)
+    probes = np.stack([_parse_probe(d[0], k) if d else np.zeros(k, np.float32) for d in dbg])
+    probe_present = np.array([d is not None and len(d[0]) == 4 * k for d in dbg])
+    own_b, rand_b = collect.round_batches(self.corpus, n, w, cfg.gauntlet.sample_rate, cfg.sim.seed)
+    key = jax.random.fold_in(jax.random.key(cfg.sim.seed), w)
+    inputs, reasons = self.validator.inputs(data, times, probes, probe_present,
+                                            self.ledger.miner_stake(), own_b, rand_b, w)
+    vstate, report = self.validator.round(st.validator, inputs, st.params, w, lr_t, key)
+    report = {k2: np.asarray(v) for k2, v in report.items()}
+    report["reason"] = collect.explain(report, reasons)
+    # ---- aggregate the valid gather peers, outer step on every node
+    direction = self._agg(inputs.subs, jnp.asarray(report["gather_valid"]))
+    params = self._outer(st.params, direction, lr_t)
+    stale = self._outer(st.stale_params, direction, lr_t) if w % cfg.sim.desync_every == 0 else st.stale_params
+    ledger_state, ledger_log = self.ledger.maybe_epoch(st.ledger, w, report["weight"])
+    new = NetState(params, momenta, stale, vstate, jax.tree.map(jnp.asarray, subs), ledger_state,
+                   jnp.int32(w + 1))
+    metrics = self._metrics(w, new, report, peer_losses, float(lr_t), ledger_log)
+    return new, metrics
+
+  def _metrics(self, w, st, report, peer_losses, lr_t, ledger_log) -> dict:
+    weights = report["weight"]
+    top = np.argsort(-weights, kind="stable")[:5]
+    by_class = {}
+    for b in sorted(set(self.behaviours)):
+      sel = np.array([x == b for x in self.behaviours])
+      by_class[b] = float(weights[sel].sum())
+    slashed = {k: int(report[k].sum()) for k in report if k.startswith("slash_")}
+    return {"round": w, "lr": lr_t, "val_loss": float(self._val_loss(st.params, self.val_batch)),
+            "honest_peer_loss": float(np.mean([l for l, b in zip(peer_losses, self.behaviours) if b == "honest"] or [np.nan])),
+            "evaluated": int(report["scored"].sum()), "gathered": int(report["gather_valid"].sum()),
+            "top_uids": top.tolist(), "top_weights": weights[top].round(4).tolist(),
+            "weight_by_class": by_class, "slashes": slashed, "ledger": ledger_log,
+            "report": {k: v.tolist() for k, v in report.items()}}
+
+
+def _parse_probe(data: bytes, k: int) -> np.ndarray:
+  if len(data) != 4 * k:
+    return np.zeros(k, np.float32)
+  return np.frombuffer(data, np.float32).copy()
+
+
+# ---------------------------------------------------------------------- the run
+
+def simulate(cfg: Config, *, progress: bool = True, devices=None, stop_after: int | None = None,
+             on_round=None) -> dict:
+  """Runs (or resumes) `cfg.sim.rounds` rounds; writes metrics JSONL under train.out_dir."""
+  from jaxnet.train import MetricsLog, _progress
+  net = Network(cfg, devices)
+  out = Path(cfg.train.out_dir)
+  ckpt = Checkpointer(cfg.checkpoint.dir or out / "checkpoints", every=cfg.sim.checkpoint_every,
+                      keep=cfg.checkpoint.keep,
+                      compat={"model": to_dict(cfg.model), "sim": to_dict(cfg.sim),
+                              "gauntlet": to_dict(cfg.gauntlet)})
+  st = net.init_state()
+  start = 0
+  if cfg.checkpoint.resume != "never":
+    latest = ckpt.check_resumable()
+    if latest is not None:
+      restored, _ = ckpt.restore(latest, st)
+      st, start = NetState(*restored), latest
+  log = MetricsLog(out / "metrics.jsonl", start)
+  end = cfg.sim.rounds if stop_after is None else min(cfg.sim.rounds, start + stop_after)
+  bar = _progress(progress, start, cfg.sim.rounds)
+  history = []
+  try:
+    for w in range(start, end):
+      st, m = net.run_round(st)
+      rec = dict(m, step=w + 1)
+      log.write(rec)
+      history.append(rec)
+      if on_round is not None:
+        on_round(rec)
+      if bar is not None:
+        bar.update(1)
+        bar.set_postfix(loss=f"{m['val_loss']:.3f}", evald=m["evaluated"],
+                        top=f"{m['top_uids'][0]}:{m['top_weights'][0]:.2f}")
+      if ckpt.should_save(w + 1) and w + 1 < end:
+        ckpt.save(w + 1, st, {"data_position": w + 1})
+    if end > start:
+      ckpt.save(end, st, {"data_position": end})
+  finally:
+    ckpt.close()
+    log.close()
+    if bar is not None:
+      bar.close()
+  (out / "behaviours.json").write_text(json.dumps(net.behaviours))
+  return {"state": st, "history": history, "start": start, "end": end, "network": net}
