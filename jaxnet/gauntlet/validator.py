@@ -88,7 +88,12 @@ def _evaluate(params, inputs: RoundInputs, selected_N, step_size, *, cfg: Gauntl
   shards = mesh.size if mesh is not None else 1
   pad = (-m) % shards
   idx_M = jnp.concatenate([idx_M, jnp.zeros((pad,), idx_M.dtype)]) if pad else idx_M
-  subs_M, own_M = _take(inputs.subs, idx_M), _take(inputs.own, idx_M)
+  # Uploads that are not evaluated are zeroed first: garbage (NaN, bad indices) never
+  # reaches the model, and their slots cost a no-op step (sign(0) = 0).
+  keep_N = selected_N.reshape(-1)
+  clean = jax.tree.map(lambda x: jnp.where(keep_N.reshape((-1,) + (1,) * (x.ndim - 1)), x,
+                                           jnp.zeros_like(x)), inputs.subs)
+  subs_M, own_M = _take(clean, idx_M), _take(inputs.own, idx_M)
   if mesh is not None and mesh.size > 1:
     spec = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("peer"))
     subs_M = jax.lax.with_sharding_constraint(subs_M, spec)
@@ -99,7 +104,8 @@ def _evaluate(params, inputs: RoundInputs, selected_N, step_size, *, cfg: Gauntl
   idx_M, valid_M = idx_M[:m], jnp.arange(m) < m
 
   def scatter(v_M, fill=0.0):
-    return jnp.full((n,), fill, jnp.float32).at[idx_M].set(jnp.where(valid_M, v_M[:m], fill))
+    out = jnp.full((n,), fill, jnp.float32).at[idx_M].set(jnp.where(valid_M, v_M[:m], fill))
+    return jnp.where(selected_N, out, fill)
 
   out = {k: scatter(getattr(ls, k)) for k in ("own_before", "own_after", "rand_after", "r_own", "r_rand")}
   out["score"] = scatter(_score_source(ls, cfg))

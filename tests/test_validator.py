@@ -1,0 +1,154 @@
+"""Validator round: penalties for every malformed class, the round goes on, 1 vs 4 devices."""
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import skip_if_not_enough_devices
+from jaxnet import data as jdata, demo, peer, sharding as shd
+from jaxnet import model as jmodel
+from jaxnet.config import load_config
+from jaxnet.gauntlet import collect, fast
+from jaxnet.gauntlet.validator import init_state
+from jaxnet.sim import adversaries
+from jaxnet.submission import to_bytes
+
+TINY = Path(__file__).parent.parent / "configs" / "tiny.yaml"
+N_HONEST = 4
+# uid -> what it uploads (the validator sees only bytes and times)
+KINDS = ["honest"] * N_HONEST + ["nan", "inf_lut", "wrong_k", "index_range", "truncated",
+                                 "wrong_dtype", "wrong_shape", "missing", "late", "early"]
+N = len(KINDS)
+
+
+def _wrong_dtype(sub, layout):
+  t = layout.tensors[0]
+  return to_bytes(sub._replace(idx={**sub.idx, t.name: sub.idx[t.name].astype(np.int32)}))
+
+
+def _wrong_shape(sub, layout):
+  t = layout.tensors[0]
+  return to_bytes(sub._replace(idx={**sub.idx, t.name: sub.idx[t.name][:1]},
+                               val={**sub.val, t.name: sub.val[t.name][:1]}))
+
+
+@pytest.fixture(scope="module")
+def round_setup():
+  cfg = load_config(TINY, ["--gauntlet.sample_rate", "0.5", "--gauntlet.gather_size", "8",
+                           "--gauntlet.minimum_peers", "2"])
+  corpus = jdata.load_corpus(cfg.data)
+  params = jmodel.init_params(cfg.model, jax.random.key(0))
+  layout = demo.make_layout(params, cfg.demo, n_pages=cfg.data.pages_per_window)
+  batches = corpus.peer_batches(np.arange(N), 0)
+  lr = jnp.float32(2e-3)
+  subs, _, _ = jax.jit(lambda p, s, b: peer.peers_round(p, s, b, lr, layout, cfg))(
+      params, peer.init_states(params, N), batches)
+  subs = jax.tree.map(np.asarray, subs._replace(uid=jnp.arange(N, dtype=jnp.int32),
+                                                window=jnp.zeros(N, jnp.int32)))
+  own = [jax.tree.map(lambda x: x[u], subs) for u in range(N)]
+  uploads, offsets = [], np.full(N, 2.0, np.float32)
+  for u, kind in enumerate(KINDS):
+    if kind == "honest":
+      uploads.append(to_bytes(own[u]))
+    elif kind in adversaries.MALFORMED_KINDS:
+      uploads.append(adversaries.malformed_bytes(own[u], layout, kind))
+    elif kind == "wrong_dtype":
+      uploads.append(_wrong_dtype(own[u], layout))
+    elif kind == "wrong_shape":
+      uploads.append(_wrong_shape(own[u], layout))
+    elif kind == "missing":
+      uploads.append(None)
+    else:
+      uploads.append(to_bytes(own[u]))
+      offsets[u] = 15.0 if kind == "late" else -3.0
+  probe = np.asarray(fast.sync_probe(params, layout))
+  own_b, rand_b = collect.round_batches(corpus, N, 0, cfg.gauntlet.sample_rate, 0)
+  data = {"own": own_b, "rand": rand_b, "probes": np.tile(probe, (N, 1)),
+          "probe_present": np.ones(N, bool), "stake": np.zeros(N, np.float32)}
+  # every uid starts with a positive record, so each penalty is visible
+  state = init_state(N, cfg.gauntlet)
+  sc = state.scores._replace(final=jnp.full((N,), 2.0), bma=jnp.full((N,), 0.5),
+                             ever_evaluated=jnp.ones((N,), bool), waiting=jnp.ones((N,), jnp.int32))
+  # ...and uploaded in the previous window, so it is active (a candidate) this round
+  state = state._replace(scores=sc, last_upload=jnp.full((N,), -1, jnp.int32))
+  return cfg, params, layout, uploads, offsets, data, state
+
+
+def _run(round_setup, mesh=None):
+  cfg, params, layout, uploads, offsets, data, state = round_setup
+  v = collect.Validator(cfg, layout, N, mesh)
+  return collect.validator_round(state, uploads, offsets, params, data, jax.random.key(0),
+                                 validator=v, window=0, lr_t=2e-3)
+
+
+def test_every_malformed_class_gets_its_penalty_and_the_round_goes_on(round_setup):
+  _, report = _run(round_setup)
+  kinds = np.array(KINDS)
+  honest = kinds == "honest"
+  # the honest peers were scored and rated in this round's match
+  assert report["scored"][honest].all() and report["in_match"][honest].all()
+  assert np.isfinite(report["r_rand"]).all()
+  expected_reason = {"nan": "nonfinite", "inf_lut": "nonfinite", "wrong_k": "wrong_k",
+                     "index_range": "index_range", "truncated": "truncated",
+                     "wrong_dtype": "wrong_dtype", "wrong_shape": "wrong_shape",
+                     "missing": "missing", "late": "too_late", "early": "too_early"}
+  for u, kind in enumerate(KINDS):
+    if kind == "honest":
+      assert report["reason"][u] == ""
+      continue
+    assert report["reason"][u] == expected_reason[kind], (kind, report["reason"][u])
+    assert not report["scored"][u]
+    if kind in ("missing", "late", "early"):
+      # missing or outside the put window: F x 0.75 and BMA x 0.75 (once as evaluated peer,
+      # and once more if it is also in the gather list)
+      times = 2 if report["in_gather"][u] else 1
+      np.testing.assert_allclose(report["final"][u], 2.0 * 0.75 ** times, rtol=1e-6)
+      np.testing.assert_allclose(report["bma"][u], 0.5 * 0.75 ** times, rtol=1e-6)
+    else:
+      # malformed: a positive F goes to 0 (§7.4, §14)
+      assert report["final"][u] == 0.0, kind
+      assert report["weight"][u] == 0.0
+
+
+def test_slashes_never_raise_a_negative_score(round_setup):
+  cfg, params, layout, uploads, offsets, data, state = round_setup
+  neg = state._replace(scores=state.scores._replace(final=-jnp.ones((N,)), bma=-0.5 * jnp.ones((N,))))
+  _, report = _run((cfg, params, layout, uploads, offsets, data, neg))
+  bad = np.array([k != "honest" for k in KINDS])
+  np.testing.assert_array_equal(report["final"][bad], -1.0)
+  np.testing.assert_array_equal(report["bma"][bad], -0.5)
+
+
+@skip_if_not_enough_devices(4)
+def test_one_and_four_devices_give_the_same_report(round_setup):
+  # N = 14 uids: 2 devices divide it; the 4-device mesh pads the peer axis to 16
+  _, r1 = _run(round_setup, shd.make_mesh("peer", 1))
+  _, r4 = _run(round_setup, shd.make_mesh("peer", 4))
+  for k in r1:
+    if r1[k].dtype == object:
+      assert list(r1[k]) == list(r4[k])
+    else:
+      np.testing.assert_allclose(r1[k], r4[k], atol=1e-6, err_msg=k)
+
+
+def test_sync_score_table():
+  """gauntlet.md §7.2 table: x = 0..5 -> 1, 0.572, 0.279, 0.101, 0.018, 0."""
+  from jaxnet.gauntlet.config import GauntletConfig
+  x = jnp.array([0.0, 1, 2, 3, 4, 5, 7])
+  s = fast.sync_score(x, jnp.ones(7, bool), GauntletConfig())
+  np.testing.assert_allclose(s, [1.0, 0.572, 0.279, 0.101, 0.018, 0.0, 0.0], atol=6e-4)
+  assert float(fast.sync_score(jnp.zeros(1), jnp.zeros(1, bool), GauntletConfig())[0]) == 0.0
+  d = fast.desynced(jnp.array([2.9, 3.0, 3.1, jnp.nan]), jnp.array([True, True, True, True]),
+                    GauntletConfig())
+  np.testing.assert_array_equal(d, [False, False, True, True])
+
+
+def test_put_window_rule():
+  t = fast.timeliness(jnp.array([True, True, True, True, False]),
+                      jnp.array([-0.1, 0.0, 10.0, 10.1, 1.0]), 10.0)
+  np.testing.assert_array_equal(t.on_time, [False, True, True, False, False])
+  np.testing.assert_array_equal(t.too_early, [True, False, False, False, False])
+  np.testing.assert_array_equal(t.too_late, [False, False, False, True, False])
+  np.testing.assert_array_equal(t.missing, [False, False, False, False, True])
