@@ -2,10 +2,13 @@
 
   jaxnet train --config configs/tiny.yaml [--train.steps 50 ...]
   jaxnet data prepare PATH... --out DIR [--tokenizer byte|FILE] [--bpe-vocab N]
+  jaxnet simulate --config configs/sim-small.yaml [--sim.rounds 40 ...]
+  jaxnet report RUN_DIR [--round R] [--no-plots]
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 
@@ -49,7 +52,34 @@ def cmd_data(argv: list[str]) -> int:
   return int(data.prepare_main(argv[1:]) or 0)
 
 
-COMMANDS = {"train": cmd_train, "data": cmd_data}
+def cmd_simulate(argv: list[str]) -> int:
+  from jaxnet.config import load_config
+  from jaxnet.sim import network
+  path, overrides = _split_config(argv)
+  cfg = load_config(path, overrides)
+
+  def summary(rec):
+    slashes = ", ".join(f"{k[6:]}={v}" for k, v in rec["slashes"].items() if v) or "none"
+    tops = " ".join(f"{u}:{w:.2f}" for u, w in zip(rec["top_uids"][:3], rec["top_weights"][:3]))
+    network.tqdm_write(f"round {rec['round']:>4}  loss {rec['val_loss']:.4f}  scored {rec['evaluated']:>3}  "
+                       f"top {tops}  slashes {slashes}")
+
+  result = network.simulate(cfg, on_round=summary)
+  hist = result["history"]
+  if hist:
+    last = hist[-1]
+    print(f"done: {last['round'] + 1} rounds, loss {hist[0]['val_loss']:.4f} -> {last['val_loss']:.4f}; "
+          f"weight by class {json.dumps({k: round(v, 4) for k, v in last['weight_by_class'].items()})}; "
+          f"outputs in {cfg.train.out_dir} (jaxnet report {cfg.train.out_dir})")
+  return 0
+
+
+def cmd_report(argv: list[str]) -> int:
+  from jaxnet import report
+  return int(report.main(argv) or 0)
+
+
+COMMANDS = {"train": cmd_train, "data": cmd_data, "simulate": cmd_simulate, "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:

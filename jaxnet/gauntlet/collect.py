@@ -65,13 +65,18 @@ def round_batches(corpus, n_uids: int, window: int, sample_rate: float, seed: in
   return own, rand
 
 
+# One jitted function for the process: Validators with equal static pieces share its
+# compilation cache (configs, layouts and meshes are hashable).
+_score_round = jax.jit(score_round, static_argnames=("cfg", "layout", "model_cfg", "mesh"))
+
+
 class Validator:
-  """Holds the static pieces (config, layout, mesh) and the jitted `score_round`."""
+  """Holds the static pieces (config, layout, mesh) and calls the jitted `score_round`."""
 
   def __init__(self, cfg: Config, layout: Layout, n_uids: int, mesh=None):
     self.cfg, self.layout, self.n_uids, self.mesh = cfg, layout, n_uids, mesh
-    self._round = jax.jit(partial(score_round, cfg=cfg.gauntlet, layout=layout,
-                                  model_cfg=cfg.model, mesh=mesh))
+    self._round = partial(_score_round, cfg=cfg.gauntlet, layout=layout, model_cfg=cfg.model,
+                          mesh=mesh)
 
   def inputs(self, uploads, offsets_s, probes, probe_present, stake, own, rand, window) -> tuple:
     subs, present, struct_ok, reasons = parse_uploads(uploads, self.layout, window)

@@ -61,7 +61,9 @@ def steps_behind(own_probe, probes_NxK, lr_t) -> jax.Array:
 def sync_score(x_N, probe_present_N, cfg: GauntletConfig) -> jax.Array:
   """(1 − min(x, 5)/5)^2.5, 0 when the debug dict is missing (§7.2 table)."""
   x = jnp.where(jnp.isfinite(x_N), x_N, cfg.sync_saturation)
-  base = 1.0 - jnp.minimum(x, cfg.sync_saturation) / cfg.sync_saturation
+  # clipped at 0: XLA may divide by multiplying with 1/5, so x = 5 can give base -1e-8,
+  # and a negative base to the power 2.5 is NaN
+  base = jnp.maximum(1.0 - jnp.minimum(x, cfg.sync_saturation) / cfg.sync_saturation, 0.0)
   return jnp.where(probe_present_N, base ** cfg.sync_exponent, 0.0).astype(jnp.float32)
 
 

@@ -35,6 +35,15 @@ WINDOW_S = 96.0          # 8 blocks x 12 s (gauntlet.md §1.1)
 WRONG_DATA_SHIFT = 100_003  # wrong-data peers train on pages of a far-away window
 
 
+# Module-level jitted functions: every Network of one process shares their compile cache
+# (the static arguments are hashable configs, layouts and meshes).
+_peers_round = jax.jit(peer.peers_round, static_argnames=("layout", "cfg", "mesh"))
+_aggregate = jax.jit(demo.aggregate, static_argnames=("layout", "cfg"))
+_outer_step = jax.jit(demo.outer_step, static_argnames=("cfg",))
+_sync_probe = jax.jit(fast.sync_probe, static_argnames=("layout",))
+_loss = jax.jit(jmodel.loss_fn, static_argnames=("cfg",))
+
+
 class NetState(NamedTuple):
   params: Any              # θ of every honest node
   momenta: demo.DemoState  # [N] per-uid DeMo state
@@ -62,11 +71,11 @@ class Network:
     self.validator = collect.Validator(cfg, self.layout, self.n, self.mesh)
     self.storage = make_storage(cfg.sim.storage)
     self.desync = np.array([b == "desync" for b in self.behaviours])
-    self._peers = jax.jit(lambda p, s, b, lr: peer.peers_round(p, s, b, lr, self.layout, cfg, self.mesh))
-    self._agg = jax.jit(lambda subs, valid: demo.aggregate(subs, valid, self.layout, cfg.demo))
-    self._outer = jax.jit(lambda p, d, lr: demo.outer_step(p, d, lr, cfg.demo))
-    self._probe = jax.jit(lambda p: fast.sync_probe(p, self.layout))
-    self._val_loss = jax.jit(partial(jmodel.loss_fn, cfg=cfg.model))
+    self._peers = partial(_peers_round, layout=self.layout, cfg=cfg, mesh=self.mesh)
+    self._agg = partial(_aggregate, layout=self.layout, cfg=cfg.demo)
+    self._outer = partial(_outer_step, cfg=cfg.demo)
+    self._probe = partial(_sync_probe, layout=self.layout)
+    self._val_loss = partial(_loss, cfg=cfg.model)
     self.val_batch = self.corpus.val_batch(min(32, self.corpus.n_val))
     from jaxnet.sim import ledger_bridge
     self.ledger = ledger_bridge.LedgerBridge(cfg, self.n)
@@ -160,6 +169,12 @@ class Network:
             "top_uids": top.tolist(), "top_weights": weights[top].round(4).tolist(),
             "weight_by_class": by_class, "slashes": slashed, "ledger": ledger_log,
             "report": {k: v.tolist() for k, v in report.items()}}
+
+
+def tqdm_write(line: str) -> None:
+  """Prints above a running progress bar."""
+  from tqdm.auto import tqdm
+  tqdm.write(line)
 
 
 def _parse_probe(data: bytes, k: int) -> np.ndarray:

@@ -1,0 +1,117 @@
+"""`jaxnet report RUN_DIR [--round R] [--no-plots]`: what each peer earned, and why.
+
+Prints the validator's per-uid report of one round as a table (every score term and
+every slash with its reason) and draws the run's figures (loss, weight per behaviour
+class, BMA and ordinal per uid) into RUN_DIR.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+# (report key, header, width, number format)
+COLUMNS = [("uid", "uid", 4, "d"), ("status", "status", 12, ""), ("evaluated", "eval", 4, ""),
+           ("r_own", "r_own", 10, ".2e"), ("r_rand", "r_rand", 10, ".2e"),
+           ("indicator", "ind", 4, ".0f"), ("bma", "bma", 7, ".3f"), ("sync", "sync", 6, ".3f"),
+           ("ordinal", "ordinal", 8, ".3f"), ("final", "F", 8, ".3f"),
+           ("weight", "weight", 7, ".4f"), ("slashes", "slashes", 0, "")]
+SLASHES = {"slash_gather_skipped": "gather-skip", "slash_desync": "desync",
+           "slash_eval_missing": "missing/late", "slash_malformed": "malformed",
+           "slash_inactive_reset": "inactive-reset"}
+
+
+def load_metrics(run_dir: Path) -> list[dict]:
+  path = run_dir / "metrics.jsonl" if run_dir.is_dir() else run_dir
+  if not path.exists():
+    raise FileNotFoundError(f"{path}: no metrics.jsonl (is this a jaxnet run directory?)")
+  return [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+
+
+def table(report: dict, behaviours: list[str] | None = None) -> str:
+  """The per-uid table of one validator report (dict of lists, as in metrics.jsonl)."""
+  lines = [" ".join(f"{h:>{w}}" if f else f"{h:<{w}}" for _, h, w, f in COLUMNS)]
+  if behaviours:
+    lines[0] += "  behaviour (simulation label, unseen by the validator)"
+  for u in range(len(report["uid"])):
+    reason = report["reason"][u] if report.get("reason") else ""
+    slashes = [v for k, v in SLASHES.items() if report[k][u]]
+    if report.get("copy_level") and report["copy_level"][u]:
+      slashes.append(f"copy-level-{report['copy_level'][u]}")
+    row = {**{k: report[k][u] for k, _, _, f in COLUMNS if f}, "status": reason or "ok",
+           "evaluated": "yes" if report["scored"][u] else "no", "slashes": ",".join(slashes) or "-"}
+    line = " ".join(format(row[k], f"{'>' if f else '<'}{w}{f}") for k, _, w, f in COLUMNS)
+    lines.append(line + (f"  {behaviours[u]}" if behaviours else ""))
+  return "\n".join(lines)
+
+
+def plot_run(run_dir: Path, recs: list[dict], behaviours: list[str] | None) -> list[Path]:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  out = []
+  rounds = [r.get("round", r.get("step")) for r in recs]
+  fig, ax = plt.subplots(figsize=(6, 4))
+  key = "val_loss" if "val_loss" in recs[0] else "loss"
+  ax.plot(rounds, [r[key] for r in recs])
+  ax.set_xlabel("round")
+  ax.set_ylabel(key.replace("_", " "))
+  fig.tight_layout()
+  fig.savefig(run_dir / "loss.png", dpi=110)
+  plt.close(fig)
+  out.append(run_dir / "loss.png")
+  if "report" not in recs[0]:
+    return out
+  if "weight_by_class" in recs[0]:
+    classes = sorted(recs[0]["weight_by_class"])
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.stackplot(rounds, *[[r["weight_by_class"][c] for r in recs] for c in classes], labels=classes)
+    ax.set_xlabel("round")
+    ax.set_ylabel("weight share")
+    ax.legend(loc="center left", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(run_dir / "weights.png", dpi=110)
+    plt.close(fig)
+    out.append(run_dir / "weights.png")
+  fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+  for name, ax in zip(("bma", "ordinal"), axes):
+    arr = np.array([r["report"][name] for r in recs])
+    for u in range(arr.shape[1]):
+      label = f"{u} {behaviours[u]}" if behaviours else str(u)
+      ax.plot(rounds, arr[:, u], label=label, lw=1)
+    ax.set_xlabel("round")
+    ax.set_ylabel(name)
+  axes[1].legend(fontsize=6, ncol=2)
+  fig.tight_layout()
+  fig.savefig(run_dir / "scores.png", dpi=110)
+  plt.close(fig)
+  out.append(run_dir / "scores.png")
+  return out
+
+
+def main(argv: list[str]) -> int:
+  ap = argparse.ArgumentParser(prog="jaxnet report", description=__doc__)
+  ap.add_argument("run_dir")
+  ap.add_argument("--round", type=int, default=-1, help="round to tabulate (default: last)")
+  ap.add_argument("--no-plots", action="store_true")
+  args = ap.parse_args(argv)
+  run_dir = Path(args.run_dir)
+  recs = load_metrics(run_dir)
+  if not recs:
+    raise FileNotFoundError(f"{run_dir}: metrics.jsonl is empty")
+  beh_path = (run_dir if run_dir.is_dir() else run_dir.parent) / "behaviours.json"
+  behaviours = json.loads(beh_path.read_text()) if beh_path.exists() else None
+  if "report" in recs[0]:
+    rec = recs[args.round]
+    print(f"round {rec['round']}: validation loss {rec['val_loss']:.4f}, "
+          f"{rec['evaluated']} peers scored, {rec['gathered']} gathered")
+    print(table(rec["report"], behaviours))
+  else:
+    print(f"{len(recs)} steps: loss {recs[0]['loss']:.4f} -> {recs[-1]['loss']:.4f}")
+  if not args.no_plots:
+    out_dir = run_dir if run_dir.is_dir() else run_dir.parent
+    for p in plot_run(out_dir, recs, behaviours):
+      print(f"wrote {p}")
+  return 0

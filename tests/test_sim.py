@@ -1,0 +1,120 @@
+"""The network end to end on the tiny model: the validator's response to every behaviour.
+
+The validator sees only bytes and timestamps; the labels are used here to check outcomes.
+"""
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from jaxnet.config import load_config
+from jaxnet.sim import network
+
+SIM_TINY = Path(__file__).parent.parent / "configs" / "sim-tiny.yaml"
+
+
+def _run(tmp_path_factory, name, overrides):
+  out = tmp_path_factory.mktemp(name)
+  cfg = load_config(SIM_TINY, ["--train.out_dir", str(out), *overrides])
+  return network.simulate(cfg, progress=False)
+
+
+def _by(result, name):
+  beh = result["network"].behaviours
+  return np.array([b == name for b in beh])
+
+
+@pytest.fixture(scope="module")
+def main_run(tmp_path_factory):
+  return _run(tmp_path_factory, "main", ["--sim.rounds", "40"])
+
+
+@pytest.fixture(scope="module")
+def timing_run(tmp_path_factory):
+  peers = '["honest:5", "late:1", "early:1", "zeros:1", "replay:1", "sybil:3"]'
+  return _run(tmp_path_factory, "timing", ["--sim.rounds", "16", "--sim.peers", peers])
+
+
+def _final(result, key):
+  return np.asarray(result["history"][-1]["report"][key])
+
+
+def test_model_learns_and_honest_scores_rise(main_run):
+  hist = main_run["history"]
+  assert hist[-1]["val_loss"] < hist[0]["val_loss"] - 1.0
+  honest = _by(main_run, "honest")
+  bma, ordinal = _final(main_run, "bma"), _final(main_run, "ordinal")
+  assert (bma[honest] > 0.5).all(), bma
+  assert (ordinal[honest] > 0).all(), ordinal
+  first = np.asarray(hist[2]["report"]["bma"])
+  assert (bma[honest] > first[honest]).all()
+
+
+def test_honest_peers_hold_the_weight(main_run):
+  w = _final(main_run, "weight")
+  np.testing.assert_allclose(w.sum(), 1.0, rtol=1e-5)
+  assert w[_by(main_run, "honest")].sum() > 0.95
+
+
+@pytest.mark.parametrize("behaviour", ["noise", "desync", "free_rider", "malformed"])
+def test_garbage_and_desync_end_with_no_positive_score(main_run, behaviour):
+  sel = _by(main_run, behaviour)
+  assert (_final(main_run, "final")[sel] <= 0).all()
+  assert (_final(main_run, "weight")[sel] == 0).all()
+
+
+def test_desync_is_detected_by_the_sync_score(main_run):
+  sel = _by(main_run, "desync")
+  assert (_final(main_run, "steps_behind")[sel] > 3).all()
+  assert (_final(main_run, "sync")[sel] < 0.02).all()
+
+
+def test_copier_and_wrong_data_earn_under_one_percent_together(main_run):
+  w = _final(main_run, "weight")
+  assert w[_by(main_run, "copier") | _by(main_run, "wrong_data")].sum() < 0.01
+  # the copier's exact copy is caught by the index-overlap detector (overlap 1.0)
+  assert (_final(main_run, "max_overlap")[_by(main_run, "copier")] > 0.99).all()
+
+
+def test_malformed_and_missing_are_penalised_with_reasons(main_run):
+  reasons = [r["report"]["reason"] for r in main_run["history"]]
+  mal = np.flatnonzero(_by(main_run, "malformed"))[0]
+  free = np.flatnonzero(_by(main_run, "free_rider"))[0]
+  seen = {rs[mal] for rs in reasons}
+  assert {"nonfinite", "wrong_k", "index_range", "truncated"} <= seen, seen
+  assert all(rs[free] == "missing" for rs in reasons)
+
+
+def test_late_early_zeros_replay_sybil(timing_run):
+  reasons = _final(timing_run, "reason")
+  for name, why in (("late", "too_late"), ("early", "too_early")):
+    sel = _by(timing_run, name)
+    assert all(r == why for r in reasons[sel])
+    assert (_final(timing_run, "weight")[sel] == 0).all()
+  zeros = _by(timing_run, "zeros")
+  # a zero direction changes nothing: r_own = r_rand = 0, indicator -1, BMA < 0, no weight
+  assert (_final(timing_run, "bma")[zeros] < 0).all()
+  assert (_final(timing_run, "weight")[zeros] == 0).all()
+  # sybil uids upload one computation at the same time: all but the first are copies
+  sybil = np.flatnonzero(_by(timing_run, "sybil"))
+  level = _final(timing_run, "copy_level")
+  assert level[sybil[0]] == 0 and (level[sybil[1:]] >= 1).all()
+  assert _final(timing_run, "weight")[sybil[1:]].sum() == 0
+  # replaying last round's gradient earns less than any honest peer
+  w = _final(timing_run, "weight")
+  assert w[_by(timing_run, "replay")].max() < w[_by(timing_run, "honest")].min()
+
+
+def test_kill_and_resume_is_bit_exact(tmp_path):
+  over = ["--sim.rounds", "4", "--sim.checkpoint_every", "2",
+          "--sim.peers", '["honest:3", "noise:1", "copier:1", "replay:1"]']
+  straight = network.simulate(load_config(SIM_TINY, over + ["--train.out_dir", str(tmp_path / "a")]),
+                              progress=False)
+  cfg = load_config(SIM_TINY, over + ["--train.out_dir", str(tmp_path / "b")])
+  network.simulate(cfg, progress=False, stop_after=2)   # "killed" after round 2
+  resumed = network.simulate(cfg, progress=False)
+  assert resumed["start"] == 2
+  for a, b in zip(jax.tree.leaves(straight["state"]), jax.tree.leaves(resumed["state"])):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert straight["history"][-1]["report"] == resumed["history"][-1]["report"]
