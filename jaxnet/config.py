@@ -21,6 +21,7 @@ import yaml
 
 from jaxnet.configbase import ConfigError
 from jaxnet.gauntlet.config import GauntletConfig
+from jaxnet.ledger.config import LedgerConfig
 from jaxnet.sim.config import SimConfig, require as _require, static_config as _static
 
 __all__ = ["ConfigError", "Config", "load_config", "parse_overrides", "config_from_dict", "to_dict"]
@@ -169,6 +170,7 @@ class Config:
   demo: DemoConfig = field(default_factory=DemoConfig)
   gauntlet: GauntletConfig = field(default_factory=GauntletConfig)
   sim: SimConfig = field(default_factory=SimConfig)
+  ledger: LedgerConfig = field(default_factory=LedgerConfig)
 
   def __post_init__(self):
     _require(self.data.seq_len <= self.model.max_seq_len, "data.seq_len",

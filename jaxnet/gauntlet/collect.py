@@ -53,13 +53,17 @@ def eval_rows(n_rows: int, sample_rate: float, seed: int, window: int, uid: int)
   return np.sort(rng.choice(n_rows, size=n, replace=False))
 
 
-def round_batches(corpus, n_uids: int, window: int, sample_rate: float, seed: int):
-  """Sampled assigned batches of every uid [N, B, L] and the shared random batch [B', L]."""
+def round_batches(corpus, n_uids: int, window: int, sample_rate: float, seed: int, salt: int = 0):
+  """Sampled assigned batches of every uid [N, B, L] and the shared random batch [B', L].
+
+  `salt` gives a validator its own random pages (validators with independent, unseeded
+  randomness, §18 row 9); 0 is the shared default every validator agrees on.
+  """
   full = corpus.peer_batches(np.arange(n_uids), window)
   n_rows = full["inputs"].shape[1]
   rows = np.stack([eval_rows(n_rows, sample_rate, seed, window, u) for u in range(n_uids)])
   own = {k: np.take_along_axis(v, rows[:, :, None], axis=1) for k, v in full.items()}
-  rand_full = corpus.batch_from_pages(corpus.random_pages(window))
+  rand_full = corpus.batch_from_pages(corpus.random_pages(window, salt))
   r_rows = eval_rows(rand_full["inputs"].shape[0], sample_rate, seed, window, -1 & 0xFFFF)
   rand = {k: v[r_rows] for k, v in rand_full.items()}
   return own, rand

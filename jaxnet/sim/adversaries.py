@@ -50,6 +50,18 @@ def noise_submission(sub: Submission, layout: Layout, rng: np.random.Generator) 
   return sub._replace(idx=idx, val=val)
 
 
+def degrade_submission(sub: Submission, layout: Layout, fraction: float,
+                       rng: np.random.Generator) -> Submission:
+  """Replaces a `fraction` of every tensor's chunks with noise (graded honest quality)."""
+  noisy = noise_submission(sub, layout, rng)
+  idx, val = dict(sub.idx), dict(sub.val)
+  for t in layout.tensors:
+    rows = rng.random(t.batch_shape + (t.n_chunks, 1)) < fraction
+    idx[t.name] = np.where(rows, noisy.idx[t.name], sub.idx[t.name])
+    val[t.name] = np.where(rows, noisy.val[t.name], sub.val[t.name])
+  return sub._replace(idx=idx, val=val)
+
+
 def malformed_bytes(sub: Submission, layout: Layout, kind: str) -> bytes:
   """One malformed upload of the given kind (§7.4); all must become penalties."""
   t = layout.tensors[0]
@@ -93,6 +105,7 @@ def make_uploads(behaviours: list[str], honest: list[Submission], window: int,
   uploads: list[bytes | None] = [None] * n
   probe = np.ones(n, bool)
   honest_uids = [u for u, b in enumerate(behaviours) if b == "honest"]
+  degraded = cfg.degraded_fraction()
   for u, b in enumerate(behaviours):
     sub = honest[u]
     rng = rng_for(cfg.seed, window, u, 2)
@@ -100,6 +113,8 @@ def make_uploads(behaviours: list[str], honest: list[Submission], window: int,
       uploads[u] = to_bytes(sub)
     elif b == "free_rider":
       probe[u] = False
+    elif b == "degraded":
+      uploads[u] = to_bytes(degrade_submission(sub, layout, degraded[u], rng))
     elif b == "zeros":
       uploads[u] = to_bytes(zero_submission(sub))
     elif b == "noise":

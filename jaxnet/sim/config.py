@@ -4,7 +4,7 @@ from __future__ import annotations
 from jaxnet.configbase import require, static_config
 
 BEHAVIOURS = ("honest", "free_rider", "zeros", "copier", "noise", "malformed", "late", "early",
-              "desync", "wrong_data", "replay", "sybil")
+              "desync", "wrong_data", "replay", "sybil", "degraded")
 
 
 @static_config
@@ -24,6 +24,8 @@ class SimConfig:
   early_s: float = -5.0            # early uploaders: before the window boundary
   desync_every: int = 3            # desynced peers apply only every n-th outer step
   sybil_uids_per_operator: int = 3  # sybil group: one computation uploaded under n uids
+  degraded_max: float = 0.9        # degraded peer j of K replaces (j+1)/K * this of its chunks
+                                   # with noise: honest peers of graded true contribution
   validators: int = 1              # validators with stake (ledger input)
   validator_stake: tuple[float, ...] = (1.0,)
   ledger_every: int = 5            # rounds between ledger epochs (0 = no ledger)
@@ -47,6 +49,20 @@ class SimConfig:
             f"needs {self.validators} entries")
     require(all(s >= 0 for s in self.validator_stake), "sim.validator_stake", "must be >= 0")
     require(self.ledger_every >= 0, "sim.ledger_every", "must be >= 0")
+    require(0.0 <= self.degraded_max <= 1.0, "sim.degraded_max", "must be in [0, 1]")
+
+  def degraded_fraction(self) -> list[float]:
+    """Per uid: the fraction of chunks a degraded peer replaces with noise (0 otherwise)."""
+    beh = self.behaviours()
+    k = beh.count("degraded")
+    out, j = [], 0
+    for b in beh:
+      if b == "degraded":
+        j += 1
+        out.append(self.degraded_max * j / k)
+      else:
+        out.append(0.0)
+    return out
 
   def behaviours(self) -> list[str]:
     """Behaviour of every uid, in uid order."""

@@ -112,15 +112,14 @@ class Network:
                          window=jnp.full((self.n,), window, jnp.int32), pages=jnp.asarray(pages))
     return jax.tree.map(np.asarray, subs), momenta, np.asarray(losses)
 
-  def run_round(self, st: NetState) -> tuple[NetState, dict]:
-    cfg, n = self.cfg, self.n
-    w = int(st.window)
-    lr_t = demo.demo_lr(w, cfg.demo)
+  def upload(self, st: NetState, w: int, lr_t):
+    """Every uid computes and uploads round w (gradient + debug objects) into the storage."""
+    n = self.n
     subs, momenta, peer_losses = self._compute(st, w, lr_t)
     own = [jax.tree.map(lambda x: x[u], subs) for u in range(n)]
     prev = [jax.tree.map(lambda x: x[u], st.prev_subs) for u in range(n)] if w > 0 else [None] * n
     uploads, offsets, probe_ok = adversaries.make_uploads(self.behaviours, own, w, prev,
-                                                          self.layout, cfg.sim)
+                                                          self.layout, self.cfg.sim)
     boundary = (w + 1) * WINDOW_S   # T_{w+1}
     honest_probe = np.asarray(self._probe(st.params))
     stale_probe = np.asarray(self._probe(st.stale_params))
@@ -130,7 +129,11 @@ class Network:
       if probe_ok[u]:
         pr = stale_probe if self.desync[u] else honest_probe
         self.storage.put(debug_name(w, u), pr.astype(np.float32).tobytes(), boundary + offsets[u])
-    # ---- the validator sees only the storage
+    return subs, momenta, peer_losses
+
+  def validator_inputs(self, w: int, salt: int = 0):
+    """What the validator reads for round w: only the storage, plus its own data."""
+    n, boundary = self.n, (w + 1) * WINDOW_S
     got = [self.storage.get(gradient_name(w, u)) for u in range(n)]
     data = [g[0] if g else None for g in got]
     times = np.array([g[1] - boundary if g else np.inf for g in got], np.float32)
@@ -138,11 +141,21 @@ class Network:
     k = fast.probe_size(self.layout)
     probes = np.stack([_parse_probe(d[0], k) if d else np.zeros(k, np.float32) for d in dbg])
     probe_present = np.array([d is not None and len(d[0]) == 4 * k for d in dbg])
-    own_b, rand_b = collect.round_batches(self.corpus, n, w, cfg.gauntlet.sample_rate, cfg.sim.seed)
-    key = jax.random.fold_in(jax.random.key(cfg.sim.seed), w)
-    inputs, reasons = self.validator.inputs(data, times, probes, probe_present,
-                                            self.ledger.miner_stake(), own_b, rand_b, w)
-    vstate, report = self.validator.round(st.validator, inputs, st.params, w, lr_t, key)
+    own_b, rand_b = collect.round_batches(self.corpus, n, w, self.cfg.gauntlet.sample_rate,
+                                          self.cfg.sim.seed, salt)
+    return self.validator.inputs(data, times, probes, probe_present, self.ledger.miner_stake(),
+                                 own_b, rand_b, w)
+
+  def round_key(self, w: int, salt: int = 0):
+    return jax.random.fold_in(jax.random.fold_in(jax.random.key(self.cfg.sim.seed), w), salt)
+
+  def run_round(self, st: NetState) -> tuple[NetState, dict]:
+    cfg = self.cfg
+    w = int(st.window)
+    lr_t = demo.demo_lr(w, cfg.demo)
+    subs, momenta, peer_losses = self.upload(st, w, lr_t)
+    inputs, reasons = self.validator_inputs(w)
+    vstate, report = self.validator.round(st.validator, inputs, st.params, w, lr_t, self.round_key(w))
     report = {k2: np.asarray(v) for k2, v in report.items()}
     report["reason"] = collect.explain(report, reasons)
     # ---- aggregate the valid gather peers, outer step on every node

@@ -1,0 +1,53 @@
+"""Shared helpers of the experiment scripts: results paths, runs, compute accounting."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "results"
+
+# Compute a behaviour spends per round, in honest-peer units (one gradient computation).
+# Copiers, noise, zeros, free riders and malformed uploads skip the computation; a replay
+# computes once and re-sends; a sybil operator computes once for its whole group.
+COMPUTE = {"honest": 1.0, "wrong_data": 1.0, "desync": 1.0, "late": 1.0, "early": 1.0,
+           "degraded": 1.0, "replay": 0.0, "copier": 0.0, "noise": 0.0, "zeros": 0.0,
+           "free_rider": 0.0, "malformed": 0.0}
+
+
+def out_paths(name: str) -> tuple[Path, Path]:
+  RESULTS.mkdir(parents=True, exist_ok=True)
+  return RESULTS / f"{name}.json", RESULTS / f"{name}.png"
+
+
+def write_json(path: Path, data: dict) -> None:
+  path.write_text(json.dumps(data, indent=2, default=lambda o: np.asarray(o).tolist()))
+  print(f"wrote {path}")
+
+
+def run_sim(cfg, label: str = "sim"):
+  from jaxnet.sim import network
+  t0 = time.perf_counter()
+  result = network.simulate(cfg, progress=True)
+  result["seconds"] = time.perf_counter() - t0
+  print(f"{label}: {len(result['history'])} rounds in {result['seconds']:.0f} s")
+  return result
+
+
+def compute_units(behaviours: list[str], sybil_group: int) -> np.ndarray:
+  """Per-uid compute per round; a sybil operator's one computation is split over its uids."""
+  units = np.array([COMPUTE.get(b, 1.0) for b in behaviours])
+  sybil = np.flatnonzero(np.array(behaviours) == "sybil")
+  units[sybil] = 1.0 / sybil_group
+  return units
+
+
+def first_round_all_zero(finals: np.ndarray, mask: np.ndarray) -> int | None:
+  """First round r such that F <= 0 for every masked uid at r and at every later round."""
+  ok = (finals[:, mask] <= 0).all(axis=1)
+  bad = np.flatnonzero(~ok)
+  r = 0 if bad.size == 0 else int(bad[-1]) + 1
+  return r if r < len(ok) else None
