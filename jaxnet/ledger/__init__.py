@@ -1,0 +1,35 @@
+"""BitTensor ledgers in JAX: the 2020 mechanism and Yuma Consensus (spec bittensor.md).
+
+Public API:
+  config:    BitTensorConfig, YumaConfig, LedgerConfig
+  2020:      legacy_epoch_2020, inflate, connectivity_loss, run_2020, cabal_toy
+  Yuma:      epoch, epoch_core, EpochOut, EpochMasks, default_masks, masks_from_blocks,
+             stored_bonds, emission_split, stake_weighted_quantile, normalize
+  history:   run (float trajectories), LedgerState, init_ledger, ledger_step, run_ledger,
+             split_units, EpochRecord
+  audit:     LedgerCheckpointer, write_epoch_log, audit_epoch_log
+  errors:    LedgerInputError, LedgerAuditError
+"""
+from jaxnet.ledger.audit import (LedgerAuditError, LedgerCheckpointer, audit_epoch_log,
+                                 epoch_log_lines, write_epoch_log)
+from jaxnet.ledger.bittensor import (Epoch2020Out, cabal_toy, connectivity_loss, inflate,
+                                     legacy_epoch_2020, legacy_epoch_2020_core, run_2020)
+from jaxnet.ledger.config import BitTensorConfig, LedgerConfig, YumaConfig
+from jaxnet.ledger.ops import normalize, stake_weighted_quantile, topk_nonzero
+from jaxnet.ledger.state import (EpochRecord, LedgerState, first_permits, init_ledger,
+                                 ledger_step, run, run_ledger, split_units)
+from jaxnet.ledger.validate import LedgerInputError
+from jaxnet.ledger.yuma import (EpochMasks, EpochOut, default_masks, emission_split, epoch,
+                                epoch_core, masks_from_blocks, stored_bonds)
+
+__all__ = [
+    "BitTensorConfig", "YumaConfig", "LedgerConfig",
+    "Epoch2020Out", "legacy_epoch_2020", "legacy_epoch_2020_core", "inflate",
+    "connectivity_loss", "run_2020", "cabal_toy",
+    "EpochOut", "EpochMasks", "epoch", "epoch_core", "default_masks", "masks_from_blocks",
+    "stored_bonds", "emission_split", "stake_weighted_quantile", "normalize", "topk_nonzero",
+    "run", "LedgerState", "EpochRecord", "init_ledger", "ledger_step", "run_ledger",
+    "split_units", "first_permits",
+    "LedgerCheckpointer", "write_epoch_log", "epoch_log_lines", "audit_epoch_log",
+    "LedgerInputError", "LedgerAuditError",
+]

@@ -1,0 +1,128 @@
+"""The 2020 BitTensor mechanism (arXiv 2003.03917; spec §1.2, §1.3, §5.2).
+
+Ranks R = W^T s, connectivity trust T_j = sum_i s_i [W_ij > 0], sigmoid consensus
+C = sigma(rho (T - kappa)), incentive = normalize(R * C), and inflation into stake. All
+pure and jit/vmap-able; everything but the edge indicator is smooth, so `jax.grad` flows
+through R (w.r.t. the values of W) and through s (w.r.t. S), as the paper's connectivity
+regularisation needs.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxnet.ledger import ops
+from jaxnet.ledger.config import BitTensorConfig
+from jaxnet.ledger.validate import LedgerInputError, check_2020_inputs
+
+
+class Epoch2020Out(NamedTuple):
+  stake: jax.Array      # [n] s = normalize(S)
+  rank: jax.Array       # [n] R = W^T s
+  trust: jax.Array      # [n] connectivity trust T
+  consensus: jax.Array  # [n] C = sigma(rho (T - kappa))
+  incentive: jax.Array  # [n] normalize(R * C)
+
+
+def legacy_epoch_2020_core(W, S, rho=10.0, kappa=0.5) -> Epoch2020Out:
+  """The 2020 epoch without checks (spec §5.2 `legacy_epoch_2020`); rho, kappa may be traced."""
+  w_NxN = jnp.asarray(W, jnp.result_type(float))
+  s_N = ops.normalize(jnp.asarray(S, w_NxN.dtype))
+  rank_N = s_N @ w_NxN
+  # Trust counts the stake of peers with a non-zero edge (§1.2): the indicator has no
+  # gradient, so grad w.r.t. W flows only through the ranks.
+  trust_N = s_N @ (w_NxN > 0).astype(w_NxN.dtype)
+  consensus_N = ops.sigmoid(rho * (trust_N - kappa))
+  return Epoch2020Out(s_N, rank_N, trust_N, consensus_N, ops.normalize(rank_N * consensus_N))
+
+
+_epoch_2020_jit = jax.jit(legacy_epoch_2020_core)
+
+
+def legacy_epoch_2020(W, S, rho=10.0, kappa=0.5) -> Epoch2020Out:
+  """The 2020 epoch with boundary checks (spec §1.2).
+
+  Args:
+    W: [n, n] weights, >= 0 (row-stochastic in the paper; used as given).
+    S: [n] stake, >= 0.
+    rho: sigmoid temperature (§1.2: 10). kappa: shift (§1.2: 0.5).
+  Raises:
+    LedgerInputError: non-square W, mismatched S, negative or non-finite values.
+  """
+  check_2020_inputs(W, S)
+  return _epoch_2020_jit(W, S, rho, kappa)
+
+
+def inflate(S, incentive, tau):
+  """2020 inflation: S <- S + tau * sum(S) * normalize(incentive) (spec §1.2, §5.2 `inflate`).
+
+  Rewards are added to stake, so rewarded peers gain weight. With all-zero incentive
+  nothing is minted (the minted amount is tau * sum(S) * sum(normalize(I))).
+  """
+  S = jnp.asarray(S)
+  return S + tau * jnp.sum(S) * ops.normalize(incentive)
+
+
+def connectivity_loss(W, S, kappa=0.5):
+  """The paper's connectivity regulariser L = -sum_j R_j (T_j - kappa) (spec §1.2).
+
+  A reconstruction (the exact derivation is not in the available sources); differentiable
+  w.r.t. the values of W and w.r.t. S.
+  """
+  out = legacy_epoch_2020_core(W, S, 10.0, kappa)
+  return -jnp.sum(out.rank * (out.trust - kappa))
+
+
+def run_2020(W, S0, params: BitTensorConfig = BitTensorConfig(), epochs: int | None = None):
+  """`lax.scan` of the 2020 ledger: epoch then inflation, carrying S (spec §5.2 `run`).
+
+  Args:
+    W: [n, n] constant weights, or [T, n, n] one matrix per block.
+    S0: [n] initial stake.
+    params: rho, kappa, tau.
+    epochs: T when W is constant.
+  Returns:
+    (S_T, Epoch2020Out stacked over T, S_TxN the stake after each block).
+  """
+  W = jnp.asarray(W, jnp.result_type(float))
+  if W.ndim == 2:
+    if epochs is None:
+      raise LedgerInputError("epochs: required when W is a single [n, n] matrix")
+    check_2020_inputs(W, S0)
+  else:
+    if W.ndim != 3:
+      raise LedgerInputError(f"W: expected [n, n] or [T, n, n], got shape {W.shape}")
+    check_2020_inputs(W[0], S0)
+    if not isinstance(W, jax.core.Tracer) and not np.all(np.isfinite(np.asarray(W))):
+      raise LedgerInputError("W: non-finite value (NaN/Inf) in the weight sequence")
+    epochs = W.shape[0]
+  return _run_2020_jit(W, jnp.asarray(S0, W.dtype), params, epochs)
+
+
+def _run_2020_core(W, S0, params: BitTensorConfig, epochs: int):
+  const = W.ndim == 2
+
+  def step(S, w):
+    out = legacy_epoch_2020_core(W if const else w, S, params.rho, params.kappa)
+    S = inflate(S, out.incentive, params.tau)
+    return S, (out, S)
+
+  xs = None if const else W
+  S_T, (outs, S_TxN) = jax.lax.scan(step, S0, xs, length=epochs)
+  return S_T, outs, S_TxN
+
+
+_run_2020_jit = jax.jit(_run_2020_core, static_argnums=(3,))
+
+
+def cabal_toy(s_a=0.51, s_b=0.49, params: BitTensorConfig = BitTensorConfig(), blocks=100):
+  """The paper's cabal toy run (spec §1.3): cabal share S_B / (S_A + S_B) after each block.
+
+  Two disjoint subgraphs that only connect internally are `run_2020` with a
+  block-diagonal W; one peer per side gives W = identity, which is the §1.3 recurrence.
+  """
+  _, _, S_TxN = run_2020(jnp.eye(2), jnp.asarray([s_a, s_b]), params, epochs=blocks)
+  return S_TxN[:, 1] / jnp.sum(S_TxN, axis=1)
