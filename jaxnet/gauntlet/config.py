@@ -9,14 +9,29 @@ from __future__ import annotations
 from dataclasses import field
 from typing import Literal
 
+import jax.numpy as jnp
+
 from jaxnet.configbase import require, static_config
 from jaxnet.gauntlet.rating import RatingParams
 
-__all__ = ["GauntletConfig", "GauntletError"]
+__all__ = ["GauntletConfig", "GauntletError", "check_pool_array"]
 
 
 class GauntletError(ValueError):
   """Bad input to a Gauntlet array function (shape, dtype or range); the message names it."""
+
+
+def check_pool_array(name: str, x, n: int, kind: str | None = None) -> None:
+  """Trace-time check that `x` is [n] of kind 'bool', 'float' or 'num' (shapes are static)."""
+  if jnp.shape(x) != (n,):
+    raise GauntletError(f"{name} has shape {jnp.shape(x)}, expected ({n},)")
+  dtype = jnp.result_type(x)
+  if kind == "bool" and dtype != jnp.bool_:
+    raise GauntletError(f"{name} must be bool, got {dtype}")
+  if kind == "float" and not jnp.issubdtype(dtype, jnp.floating):
+    raise GauntletError(f"{name} must be floating, got {dtype}")
+  if kind == "num" and not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)):
+    raise GauntletError(f"{name} must be numeric, got {dtype}")
 
 
 @static_config

@@ -16,7 +16,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxnet.gauntlet.config import GauntletConfig, GauntletError
+from jaxnet.gauntlet.config import GauntletConfig, GauntletError, check_pool_array as _check
 from jaxnet.gauntlet.select import refresh_waiting
 
 __all__ = [
@@ -69,17 +69,6 @@ def init(n: int, bma_init: float = 0.0) -> ScoreState:
     inactive_since=jnp.full((n,), NOT_TRACKED, jnp.int32),
     ever_evaluated=jnp.zeros((n,), bool), last_eval_window=jnp.full((n,), -1, jnp.int32),
     timeout_until=jnp.full((n,), -1, jnp.int32))
-
-
-def _check(name: str, x, n: int, kind: str | None = None) -> None:
-  """Trace-time shape/dtype check (shapes are static, so this never touches data)."""
-  if jnp.shape(x) != (n,):
-    raise GauntletError(f"{name} has shape {jnp.shape(x)}, expected ({n},)")
-  dtype = jnp.result_type(x)
-  if kind == "bool" and dtype != jnp.bool_:
-    raise GauntletError(f"{name} must be bool, got {dtype}")
-  if kind == "float" and not jnp.issubdtype(dtype, jnp.floating):
-    raise GauntletError(f"{name} must be floating, got {dtype}")
 
 
 def _pool_size(state: ScoreState) -> int:

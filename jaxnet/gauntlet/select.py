@@ -29,24 +29,13 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxnet.gauntlet.config import GauntletConfig, GauntletError
+from jaxnet.gauntlet.config import GauntletConfig, GauntletError, check_pool_array as _check
 
 __all__ = [
   "candidates", "refresh_waiting", "update_waiting", "bin_ids", "sample_without_replacement",
   "select_for_evaluation", "GatherState", "init_gather", "select_gather_peers", "gather_step",
   "uids_to_mask",
 ]
-
-
-def _check(name: str, x, n: int, kind: str | None = None) -> None:
-  if jnp.shape(x) != (n,):
-    raise GauntletError(f"{name} has shape {jnp.shape(x)}, expected ({n},)")
-  dtype = jnp.result_type(x)
-  if kind == "bool" and dtype != jnp.bool_:
-    raise GauntletError(f"{name} must be bool, got {dtype}")
-  if kind == "num" and not (jnp.issubdtype(dtype, jnp.floating)
-                            or jnp.issubdtype(dtype, jnp.integer)):
-    raise GauntletError(f"{name} must be numeric, got {dtype}")
 
 
 def _pool(x, name: str) -> int:

@@ -13,6 +13,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from jaxnet.checkpoint import Checkpointer
 from jaxnet.ledger.state import EpochRecord, LedgerState
 
 
@@ -22,53 +23,32 @@ class LedgerAuditError(ValueError):
 
 # --------------------------------------------------------------------------- checkpoints
 
-class LedgerCheckpointer:
-  """Saves and restores `LedgerState` with `ocp.CheckpointManager` (jax.md §2.6).
+class LedgerCheckpointer(Checkpointer):
+  """`jaxnet.checkpoint.Checkpointer` for `LedgerState` (Orbax `CheckpointManager`).
 
   Use as a context manager, or call `close()`; saves are async until `close()` or
-  `wait()`.
+  `wait()`. A damaged or mismatched checkpoint raises `CheckpointError`.
   """
 
   def __init__(self, directory: str | Path, keep: int = 3):
-    import orbax.checkpoint as ocp  # imported here: `import jaxnet.ledger` stays light
-    self._ocp = ocp
-    self.directory = Path(directory).absolute()
-    self.directory.mkdir(parents=True, exist_ok=True)
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
-    self._mngr = ocp.CheckpointManager(self.directory, options=options)
+    super().__init__(directory, every=0, keep=keep, compat={"kind": "ledger"})
 
   def save(self, state: LedgerState, step: int | None = None) -> int:
     """Saves at `step` (default: the state's epoch counter); returns the step."""
     step = int(np.asarray(state.epoch)) if step is None else int(step)
-    self._mngr.save(step, args=self._ocp.args.StandardSave(state._asdict()), force=True)
+    super().save(step, state._asdict())
     return step
-
-  def latest_step(self) -> int | None:
-    return self._mngr.latest_step()
 
   def restore(self, like: LedgerState, step: int | None = None) -> LedgerState:
     """Restores into the shapes/dtypes/shardings of `like` (a state of the same ledger)."""
-    self._mngr.wait_until_finished()
-    step = self.latest_step() if step is None else step
-    if step is None:
+    self.wait()
+    if step is None and self.latest_step() is None:
       raise FileNotFoundError(f"{self.directory}: no ledger checkpoint to restore")
-    ocp = self._ocp
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like._asdict())
-    restored = self._mngr.restore(step, args=ocp.args.StandardRestore(abstract))
+    restored, _ = super().restore(step, like._asdict())
     return LedgerState(**restored)
 
   def wait(self):
     self._mngr.wait_until_finished()
-
-  def close(self):
-    self._mngr.wait_until_finished()
-    self._mngr.close()
-
-  def __enter__(self):
-    return self
-
-  def __exit__(self, *exc):
-    self.close()
 
 
 # --------------------------------------------------------------------------- JSONL log
