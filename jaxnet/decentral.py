@@ -40,6 +40,11 @@ def round_fn(params, states_P, batches_PxSxL, window, *, cfg: Config, layout, me
   return params, states_P, {"loss": jnp.mean(losses_P), "lr": lr_t}
 
 
+# Module level: runs with equal static pieces share the compile cache.
+_round = jax.jit(round_fn, static_argnames=("cfg", "layout", "mesh", "n_gather"),
+                 donate_argnums=(0, 1))
+
+
 class DecentralRun:
   def __init__(self, cfg: Config, devices=None):
     from jaxnet import data as jdata
@@ -55,8 +60,8 @@ class DecentralRun:
     self.params = params
     self.states = peer.init_states(params, n_peers)
     self.n_gather = min(cfg.gauntlet.gather_size, n_peers)
-    self.step = jax.jit(partial(round_fn, cfg=cfg, layout=self.layout, mesh=self.mesh,
-                                n_gather=self.n_gather), donate_argnums=(0, 1))
+    self.step = partial(_round, cfg=cfg, layout=self.layout, mesh=self.mesh,
+                        n_gather=self.n_gather)
     self.tokens_per_round = n_peers * cfg.data.pages_per_window * cfg.data.page_size * cfg.data.seq_len
 
   def batches(self, window: int) -> dict:
@@ -82,6 +87,9 @@ def train(cfg: Config, *, progress: bool = True, devices=None, stop_after: int |
     if latest is not None:
       (params, states), _ = ckpt.restore(latest, (params, states))
       start = latest
+  # committed placements from the start, so the first and later rounds share one compilation
+  params = shd.put_tree(params, shd.replicated(run.mesh))
+  states = shd.put_tree(states, shd.along(run.mesh, "peer"))
   log = MetricsLog(out_dir / "metrics.jsonl", start)
   val = run.corpus.val_batch(min(64, run.corpus.n_val))
   val_loss = jax.jit(partial(jmodel.loss_fn, cfg=cfg.model))

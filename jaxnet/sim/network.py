@@ -89,6 +89,13 @@ class Network:
                     init_validator(self.n, self.cfg.gauntlet), prev, self.ledger.init(),
                     jnp.int32(0))
 
+  def place(self, st: NetState) -> NetState:
+    """Commits the state to the mesh (peer-axis leaves split, the rest replicated), so that
+    fresh, restored and computed states share one compilation of every jitted piece."""
+    rep, along = shd.replicated(self.mesh), shd.along(self.mesh, "peer")
+    return st._replace(**{k: shd.put_tree(v, along if k in ("momenta", "prev_subs") else rep)
+                          for k, v in st._asdict().items()})
+
   # ------------------------------------------------------------------ one round
   def _batches(self, window: int) -> dict:
     uids = np.arange(self.n)
@@ -215,6 +222,7 @@ def simulate(cfg: Config, *, progress: bool = True, devices=None, stop_after: in
     if latest is not None:
       restored, _ = ckpt.restore(latest, st)
       st, start = NetState(*restored), latest
+  st = net.place(st)
   log = MetricsLog(out / "metrics.jsonl", start)
   end = cfg.sim.rounds if stop_after is None else min(cfg.sim.rounds, start + stop_after)
   bar = _progress(progress, start, cfg.sim.rounds)
