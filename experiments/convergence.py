@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -28,13 +29,21 @@ def main(argv=None):
   ap.add_argument("--config", default=str(ROOT / "configs" / "sim-small.yaml"))
   ap.add_argument("--rounds", type=int, default=None)
   ap.add_argument("--adamw-lr", type=float, default=1e-3)
+  ap.add_argument("--from-run", default=None,
+                  help="reuse a finished network run of the same config (e.g. runs/exp-incentives)")
   args, overrides = ap.parse_known_args(argv)
   extra = ["--train.out_dir", str(ROOT / "runs" / "exp-convergence"), "--checkpoint.resume", "never"]
   if args.rounds:
     extra += ["--sim.rounds", str(args.rounds)]
   cfg = load_config(args.config, extra + overrides)
-  res = run_sim(cfg, "gauntlet network")
-  hist = res["history"]
+  if args.from_run:
+    from jaxnet.report import load_metrics
+    hist = load_metrics(Path(args.from_run))[: cfg.sim.rounds]
+    res = {"seconds": None}
+    print(f"network: {len(hist)} rounds read from {args.from_run}")
+  else:
+    res = run_sim(cfg, "gauntlet network")
+    hist = res["history"]
   rounds = len(hist)
   net_val = [r["val_loss"] for r in hist]
   # AdamW: evaluate on the same held-out batch after every step
