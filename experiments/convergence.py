@@ -2,7 +2,7 @@
 baseline given the same tokens per round (the paper's per-iteration claim, gauntlet.md
 §17.2-§17.3 a).
 
-  python experiments/convergence.py [--config configs/sim-small.yaml] [--rounds 60] [overrides]
+  python experiments/convergence.py [--config configs/sim-small.yaml] [--rounds 40] [overrides]
 
 The baseline is the centralised AdamW of `jaxnet train` with batch = (gather size x pages
 per window x page size) sequences per step: the tokens that enter one round's aggregate

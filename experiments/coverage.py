@@ -1,6 +1,6 @@
 """Coverage: evaluating every peer every round against the reference's 4 per round.
 
-  python experiments/coverage.py [--config configs/sim-small.yaml] [--rounds 50] [overrides]
+  python experiments/coverage.py [--config configs/sim-small.yaml] [--rounds 40] [overrides]
 
 Two runs of the same network (same peers, data and seeds): jaxnet's default
 (`gauntlet.uids_per_window = 0`: every candidate, every round) and templar's sampling
@@ -53,7 +53,7 @@ def one(args, overrides, uids_per_window: int, tag: str):
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__)
   ap.add_argument("--config", default=str(ROOT / "configs" / "sim-small.yaml"))
-  ap.add_argument("--rounds", type=int, default=50)
+  ap.add_argument("--rounds", type=int, default=40)
   args, overrides = ap.parse_known_args(argv)
   every = one(args, overrides, 0, "every")
   sampled = one(args, overrides, 4, "sampled4")

@@ -1,7 +1,7 @@
 """Incentives: weight share per behaviour class over rounds, and each attacker's return on
 its compute against an honest peer's (gauntlet.md §16, §17.3 b-c).
 
-  python experiments/incentives.py [--config configs/sim-small.yaml] [--rounds 60] [overrides]
+  python experiments/incentives.py [--config configs/sim-small.yaml] [--rounds 40] [overrides]
 
 Target (issue 7): honest peers hold > 95 % of the weight at the end; every adversary
 class < 1 % in total. Writes results/incentives.{json,png}.

@@ -72,6 +72,7 @@ class Network:
     self.storage = make_storage(cfg.sim.storage)
     self.desync = np.array([b == "desync" for b in self.behaviours])
     self._peers = partial(_peers_round, layout=self.layout, cfg=cfg, mesh=self.mesh)
+    self._peers_one_device = partial(_peers_round, layout=self.layout, cfg=cfg, mesh=None)
     self._agg = partial(_aggregate, layout=self.layout, cfg=cfg.demo)
     self._outer = partial(_outer_step, cfg=cfg.demo)
     self._probe = partial(_sync_probe, layout=self.layout)
@@ -110,10 +111,12 @@ class Network:
   def _compute(self, st: NetState, window: int, lr_t):
     batches = self._batches(window)
     subs, momenta, losses = self._peers(st.params, st.momenta, batches, lr_t)
-    if self.desync.any():  # desynced uids compute on their stale model
-      d_subs, d_mom, d_loss = self._peers(st.stale_params, st.momenta, batches, lr_t)
-      pick = lambda a, b: jnp.where(self.desync.reshape((-1,) + (1,) * (a.ndim - 1)), b, a)
-      subs, momenta, losses = jax.tree.map(pick, (subs, momenta, losses), (d_subs, d_mom, d_loss))
+    if self.desync.any():  # desynced uids compute on their stale model (only those uids)
+      d = np.flatnonzero(self.desync)
+      take = lambda x: x[d]
+      d_out = self._peers_one_device(st.stale_params, jax.tree.map(take, st.momenta),
+                                     jax.tree.map(take, batches), lr_t)
+      subs, momenta, losses = jax.tree.map(lambda a, b: a.at[d].set(b), (subs, momenta, losses), d_out)
     pages = np.stack([self.corpus.pages(u, window) for u in range(self.n)]).astype(np.int32)
     subs = subs._replace(uid=jnp.arange(self.n, dtype=jnp.int32),
                          window=jnp.full((self.n,), window, jnp.int32), pages=jnp.asarray(pages))
