@@ -11,10 +11,11 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results"
 
 # Compute a behaviour spends per round, in honest-peer units (one gradient computation).
-# Copiers, noise, zeros, free riders and malformed uploads skip the computation; a replay
-# computes once and re-sends; a sybil operator computes once for its whole group.
+# Copiers, noise, zeros, free riders and malformed uploads skip the computation; the
+# simulated replayer computes every round but uploads last round's result; a sybil
+# operator computes once for its whole group.
 COMPUTE = {"honest": 1.0, "wrong_data": 1.0, "desync": 1.0, "late": 1.0, "early": 1.0,
-           "degraded": 1.0, "replay": 0.0, "copier": 0.0, "noise": 0.0, "zeros": 0.0,
+           "degraded": 1.0, "replay": 1.0, "copier": 0.0, "noise": 0.0, "zeros": 0.0,
            "free_rider": 0.0, "malformed": 0.0}
 
 

@@ -20,14 +20,23 @@ def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__)
   ap.add_argument("--config", default=str(ROOT / "configs" / "sim-small.yaml"))
   ap.add_argument("--rounds", type=int, default=None)
+  ap.add_argument("--from-run", default=None, help="re-analyse a finished run directory")
   args, overrides = ap.parse_known_args(argv)
   extra = ["--train.out_dir", str(ROOT / "runs" / "exp-incentives"), "--checkpoint.resume", "never"]
   if args.rounds:
     extra += ["--sim.rounds", str(args.rounds)]
   cfg = load_config(args.config, extra + overrides)
-  res = run_sim(cfg, "incentives")
-  beh = res["network"].behaviours
-  hist = res["history"]
+  if args.from_run:
+    import json
+    from pathlib import Path
+    from jaxnet.report import load_metrics
+    hist = load_metrics(Path(args.from_run))
+    beh = json.loads((Path(args.from_run) / "behaviours.json").read_text())
+    res = {"seconds": None}
+  else:
+    res = run_sim(cfg, "incentives")
+    beh = res["network"].behaviours
+    hist = res["history"]
   W = np.array([r["report"]["weight"] for r in hist])            # [R, N]
   classes = sorted(set(beh))
   share = {c: W[:, np.array([b == c for b in beh])].sum(1) for c in classes}
