@@ -24,6 +24,14 @@ def out_paths(name: str) -> tuple[Path, Path]:
   return RESULTS / f"{name}.json", RESULTS / f"{name}.png"
 
 
+def fresh_run_dir(name: str) -> str:
+  """runs/exp-<name>, emptied first: an experiment's scratch directory is its own."""
+  import shutil
+  path = ROOT / "runs" / f"exp-{name}"
+  shutil.rmtree(path, ignore_errors=True)
+  return str(path)
+
+
 def write_json(path: Path, data: dict) -> None:
   path.write_text(json.dumps(data, indent=2, default=lambda o: np.asarray(o).tolist()))
   print(f"wrote {path}")

@@ -18,7 +18,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from _common import ROOT, out_paths, run_sim, write_json
+from _common import ROOT, fresh_run_dir, out_paths, run_sim, write_json
 from jaxnet import train as jtrain
 from jaxnet import model as jmodel
 from jaxnet.config import load_config
@@ -32,7 +32,7 @@ def main(argv=None):
   ap.add_argument("--from-run", default=None,
                   help="reuse a finished network run of the same config (e.g. runs/exp-incentives)")
   args, overrides = ap.parse_known_args(argv)
-  extra = ["--train.out_dir", str(ROOT / "runs" / "exp-convergence"), "--checkpoint.resume", "never"]
+  extra = ["--train.out_dir", fresh_run_dir("convergence"), "--checkpoint.resume", "never"]
   if args.rounds:
     extra += ["--sim.rounds", str(args.rounds)]
   cfg = load_config(args.config, extra + overrides)
@@ -51,7 +51,7 @@ def main(argv=None):
   tcfg = dataclasses.replace(cfg.train, optimizer="adamw", steps=rounds, batch_size=n_seqs,
                              microbatch=cfg.data.pages_per_window * cfg.data.page_size,
                              warmup_steps=min(cfg.demo.warmup, rounds - 1), lr=args.adamw_lr,
-                             eval_every=0, out_dir=str(ROOT / "runs" / "exp-convergence-adamw"))
+                             eval_every=0, out_dir=fresh_run_dir("convergence-adamw"))
   base = dataclasses.replace(cfg, train=tcfg,
                              checkpoint=dataclasses.replace(cfg.checkpoint, resume="never", dir="", every=0))
   run = jtrain.Run(base, devices=jax.devices()[:1])

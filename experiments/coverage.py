@@ -17,7 +17,7 @@ import argparse
 import numpy as np
 from scipy.stats import spearmanr
 
-from _common import ROOT, first_round_all_zero, out_paths, run_sim, write_json
+from _common import ROOT, fresh_run_dir, first_round_all_zero, out_paths, run_sim, write_json
 from jaxnet.config import load_config
 
 PEERS = '["honest:6", "degraded:4", "noise:1", "copier:1", "desync:1", "wrong_data:1", ' \
@@ -25,7 +25,7 @@ PEERS = '["honest:6", "degraded:4", "noise:1", "copier:1", "desync:1", "wrong_da
 
 
 def one(args, overrides, uids_per_window: int, tag: str):
-  extra = ["--train.out_dir", str(ROOT / "runs" / f"exp-coverage-{tag}"), "--checkpoint.resume", "never",
+  extra = ["--train.out_dir", fresh_run_dir(f"coverage-{tag}"), "--checkpoint.resume", "never",
            "--sim.peers", PEERS, "--gauntlet.uids_per_window", str(uids_per_window),
            "--sim.ledger_every", "0"]
   if args.rounds:

@@ -12,7 +12,7 @@ import argparse
 
 import numpy as np
 
-from _common import ROOT, compute_units, out_paths, run_sim, write_json
+from _common import ROOT, fresh_run_dir, compute_units, out_paths, run_sim, write_json
 from jaxnet.config import load_config
 
 
@@ -22,7 +22,7 @@ def main(argv=None):
   ap.add_argument("--rounds", type=int, default=None)
   ap.add_argument("--from-run", default=None, help="re-analyse a finished run directory")
   args, overrides = ap.parse_known_args(argv)
-  extra = ["--train.out_dir", str(ROOT / "runs" / "exp-incentives"), "--checkpoint.resume", "never"]
+  extra = ["--train.out_dir", fresh_run_dir("incentives") if not args.from_run else str(ROOT / "runs" / "exp-incentives-reread"), "--checkpoint.resume", "never"]
   if args.rounds:
     extra += ["--sim.rounds", str(args.rounds)]
   cfg = load_config(args.config, extra + overrides)

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import argparse
 import time
-from functools import partial
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from _common import ROOT, out_paths, run_sim, write_json
+from _common import ROOT, fresh_run_dir, out_paths, run_sim, write_json
 from jaxnet import demo
 from jaxnet.config import load_config
 from jaxnet.gauntlet import collect
@@ -68,11 +67,11 @@ def main(argv=None):
   ap.add_argument("--seeds", type=int, default=256)
   ap.add_argument("--warmup-rounds", type=int, default=12)
   args, overrides = ap.parse_known_args(argv)
-  extra = ["--train.out_dir", str(ROOT / "runs" / "exp-monte-carlo"), "--checkpoint.resume", "never",
-           "--sim.rounds", str(args.warmup_rounds)]
+  extra = ["--checkpoint.resume", "never", "--sim.rounds", str(args.warmup_rounds)]
   out = {}
   for tag, upw in (("every_peer", 0), ("reference_4_per_round", 4)):
-    cfg = load_config(args.config, extra + ["--gauntlet.uids_per_window", str(upw)] + overrides)
+    cfg = load_config(args.config, extra + ["--train.out_dir", fresh_run_dir(f"monte-carlo-{tag}"),
+                                            "--gauntlet.uids_per_window", str(upw)] + overrides)
     res = run_sim(cfg, f"warm-up ({tag})")
     net, st = res["network"], res["state"]
     w = int(st.window)

@@ -61,6 +61,22 @@ class Checkpointer:
             "remove it or point checkpoint.dir elsewhere")
     return step
 
+  def check_fresh(self) -> None:
+    """For checkpoint.resume=never: refuse to mix a new run into old checkpoints."""
+    if self.all_steps():
+      raise CheckpointError(f"{self.directory}: checkpoint.resume=never but it holds checkpoints "
+                            f"{self.all_steps()}; use another checkpoint.dir or train.out_dir")
+
+  def start_step(self, mode: str) -> int | None:
+    """The step to resume from under checkpoint.resume=`mode` (None = start fresh)."""
+    if mode == "never":
+      self.check_fresh()
+      return None
+    step = self.check_resumable()
+    if step is None and mode == "required":
+      raise CheckpointError(f"{self.directory}: checkpoint.resume=required but no checkpoint exists")
+    return step
+
   # -------------------------------------------------------------------------- save
   def should_save(self, step: int) -> bool:
     return self.every > 0 and step % self.every == 0

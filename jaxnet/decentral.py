@@ -23,7 +23,7 @@ import numpy as np
 
 from jaxnet import demo, peer, sharding as shd
 from jaxnet import model as jmodel
-from jaxnet.checkpoint import Checkpointer, CheckpointError
+from jaxnet.checkpoint import Checkpointer
 from jaxnet.config import Config, to_dict
 from jaxnet.configbase import ConfigError
 from jaxnet.train import MetricsLog, _progress, check_vocab
@@ -80,13 +80,10 @@ def train(cfg: Config, *, progress: bool = True, devices=None, stop_after: int |
                       compat={"model": to_dict(cfg.model), "optimizer": "demo",
                               "peers": cfg.train.peers, "demo": to_dict(cfg.demo)})
   params, states, start = run.params, run.states, 0
-  if cfg.checkpoint.resume != "never":
-    latest = ckpt.check_resumable()
-    if latest is None and cfg.checkpoint.resume == "required":
-      raise CheckpointError(f"{ckpt.directory}: checkpoint.resume=required but no checkpoint exists")
-    if latest is not None:
-      (params, states), _ = ckpt.restore(latest, (params, states))
-      start = latest
+  latest = ckpt.start_step(cfg.checkpoint.resume)
+  if latest is not None:
+    (params, states), _ = ckpt.restore(latest, (params, states))
+    start = latest
   # committed placements from the start, so the first and later rounds share one compilation
   params = shd.put_tree(params, shd.replicated(run.mesh))
   states = shd.put_tree(states, shd.along(run.mesh, "peer"))

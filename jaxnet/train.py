@@ -144,14 +144,9 @@ def _checkpointer(cfg: Config) -> Checkpointer:
 
 
 def restore_or_init(run: Run, ckpt: Checkpointer) -> tuple[TrainState, int]:
-  mode = run.cfg.checkpoint.resume
   state = run.init_fn()
-  if mode == "never":
-    return state, 0
-  step = ckpt.check_resumable()
+  step = ckpt.start_step(run.cfg.checkpoint.resume)
   if step is None:
-    if mode == "required":
-      raise CheckpointError(f"{ckpt.directory}: checkpoint.resume=required but no checkpoint exists")
     return state, 0
   restored, meta = ckpt.restore(step, state)
   if meta.get("data_position") != step:

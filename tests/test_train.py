@@ -105,3 +105,11 @@ def test_missing_required_and_leftover_directory(tmp_path):
   cfg = _cfg(tmp_path, "d", **{"checkpoint.dir": str(junk)})
   with pytest.raises(CheckpointError, match="no complete checkpoint"):
     train.train(cfg, progress=False, devices=jax.devices()[:1])
+
+
+def test_resume_never_refuses_to_mix_with_old_checkpoints(tmp_path):
+  cfg = _cfg(tmp_path, "e", **{"train.steps": 2, "train.warmup_steps": 1})
+  train.train(cfg, progress=False, devices=jax.devices()[:1])
+  again = dataclasses.replace(cfg, checkpoint=dataclasses.replace(cfg.checkpoint, resume="never"))
+  with pytest.raises(CheckpointError, match="resume=never but it holds checkpoints"):
+    train.train(again, progress=False, devices=jax.devices()[:1])

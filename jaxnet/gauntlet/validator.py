@@ -65,7 +65,7 @@ def init_state(n_uids: int, cfg: GauntletConfig) -> ValidatorState:
 
 
 def _take(tree, idx):
-  return jax.tree.map(lambda x: x[idx], tree)
+  return jax.tree.map(lambda x: jnp.asarray(x)[idx], tree)
 
 
 def _score_source(ls: lossscore.LossScores, cfg: GauntletConfig):

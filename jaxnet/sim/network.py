@@ -220,11 +220,10 @@ def simulate(cfg: Config, *, progress: bool = True, devices=None, stop_after: in
                               "gauntlet": to_dict(cfg.gauntlet)})
   st = net.init_state()
   start = 0
-  if cfg.checkpoint.resume != "never":
-    latest = ckpt.check_resumable()
-    if latest is not None:
-      restored, _ = ckpt.restore(latest, st)
-      st, start = NetState(*restored), latest
+  latest = ckpt.start_step(cfg.checkpoint.resume)
+  if latest is not None:
+    restored, _ = ckpt.restore(latest, st)
+    st, start = NetState(*restored), latest
   st = net.place(st)
   log = MetricsLog(out / "metrics.jsonl", start)
   end = cfg.sim.rounds if stop_after is None else min(cfg.sim.rounds, start + stop_after)
