@@ -41,8 +41,12 @@ def one(args, overrides, uids_per_window: int, tag: str):
   graded = np.isin(beh, ["honest", "degraded"])
   truth = 1.0 - np.array(cfg.sim.degraded_fraction())
   evals = np.array([r["report"]["scored"] for r in hist]).sum(0)
+  per_uid = {f"{u}:{beh[u]}": first_round_all_zero(finals, np.arange(len(beh)) == u)
+             for u in np.flatnonzero(adversary)}
   return {"uids_per_window": uids_per_window, "seconds": res["seconds"], "rounds": len(hist),
           "round_all_adversaries_zero": first_round_all_zero(finals, adversary),
+          "round_zero_per_adversary": per_uid,
+          "round_all_but_wrong_data_zero": first_round_all_zero(finals, adversary & (beh != "wrong_data")),
           "spearman_ordinal_vs_truth": float(spearmanr(ordinal[graded], truth[graded]).statistic),
           "spearman_weight_vs_truth": float(spearmanr(weight[graded], truth[graded]).statistic),
           "evaluations_per_uid": evals.tolist(), "behaviours": beh.tolist(),
@@ -83,7 +87,9 @@ def main(argv=None):
   fig.savefig(png_path, dpi=110)
   print(f"wrote {png_path}")
   for name, r in out.items():
-    print(f"{name}: all adversaries at F<=0 from round {r['round_all_adversaries_zero']}, "
+    print(f"{name}: all adversaries at F<=0 from round {r['round_all_adversaries_zero']} "
+          f"(all but wrong_data from round {r['round_all_but_wrong_data_zero']}), "
+          f"per adversary {r['round_zero_per_adversary']}, "
           f"Spearman(ordinal, truth) {r['spearman_ordinal_vs_truth']:.3f}, "
           f"evaluations per uid {np.mean(r['evaluations_per_uid']):.1f}")
   return out
