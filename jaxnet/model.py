@@ -100,20 +100,24 @@ def apply_rope(x_BxLxNxH, cos_LxH, sin_LxH):
 
 
 def _block(x_BxLxD, p, cos, sin, cfg: ModelConfig):
+  # Matmuls run on a 2-D [B*L, D] view: XLA:CPU turns a dot that contracts two batch-like
+  # dimensions (the weight gradient of a [B, L, D] activation) into a slow loop, and the
+  # reshape is free. Measured on `small`: MLP forward+backward 318 ms -> 180 ms.
   dt = jnp.dtype(cfg.compute_dtype)
   B, L, D = x_BxLxD.shape
   N, H = cfg.n_heads, cfg.head_dim
-  h = rms_norm(x_BxLxD, p["attn_norm"]["scale"], cfg.norm_eps)
-  q = (h @ p["wq"]["kernel"].astype(dt)).reshape(B, L, N, H)
-  k = (h @ p["wk"]["kernel"].astype(dt)).reshape(B, L, N, H)
-  v = (h @ p["wv"]["kernel"].astype(dt)).reshape(B, L, N, H)
+  h_TxD = rms_norm(x_BxLxD, p["attn_norm"]["scale"], cfg.norm_eps).reshape(B * L, D)
+  q = (h_TxD @ p["wq"]["kernel"].astype(dt)).reshape(B, L, N, H)
+  k = (h_TxD @ p["wk"]["kernel"].astype(dt)).reshape(B, L, N, H)
+  v = (h_TxD @ p["wv"]["kernel"].astype(dt)).reshape(B, L, N, H)
   q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-  att_BxLxNxH = jax.nn.dot_product_attention(q, k, v, is_causal=True)
-  x_BxLxD = x_BxLxD + att_BxLxNxH.reshape(B, L, D) @ p["wo"]["kernel"].astype(dt)
-  h = rms_norm(x_BxLxD, p["mlp_norm"]["scale"], cfg.norm_eps)
-  gate_BxLxF = jax.nn.silu(h @ p["w_gate"]["kernel"].astype(dt))
-  up_BxLxF = h @ p["w_up"]["kernel"].astype(dt)
-  return x_BxLxD + (gate_BxLxF * up_BxLxF) @ p["w_down"]["kernel"].astype(dt)
+  att_TxD = jax.nn.dot_product_attention(q, k, v, is_causal=True).reshape(B * L, D)
+  x_TxD = x_BxLxD.reshape(B * L, D) + att_TxD @ p["wo"]["kernel"].astype(dt)
+  h_TxD = rms_norm(x_TxD, p["mlp_norm"]["scale"], cfg.norm_eps)
+  gate_TxF = jax.nn.silu(h_TxD @ p["w_gate"]["kernel"].astype(dt))
+  up_TxF = h_TxD @ p["w_up"]["kernel"].astype(dt)
+  x_TxD = x_TxD + (gate_TxF * up_TxF) @ p["w_down"]["kernel"].astype(dt)
+  return x_TxD.reshape(B, L, D)
 
 
 def forward(params: Params, tokens_BxL: jax.Array, cfg: ModelConfig) -> jax.Array:
@@ -129,8 +133,10 @@ def forward(params: Params, tokens_BxL: jax.Array, cfg: ModelConfig) -> jax.Arra
   if cfg.remat:
     body = jax.checkpoint(body)
   x_BxLxD, _ = jax.lax.scan(body, x_BxLxD, params["layers"])
-  x_BxLxD = rms_norm(x_BxLxD, params["final_norm"]["scale"], cfg.norm_eps)
-  return (x_BxLxD @ params["lm_head"]["kernel"].astype(dt)).astype(jnp.float32)
+  B, _, D = x_BxLxD.shape
+  x_TxD = rms_norm(x_BxLxD, params["final_norm"]["scale"], cfg.norm_eps).reshape(B * L, D)
+  logits_TxV = x_TxD @ params["lm_head"]["kernel"].astype(dt)
+  return logits_TxV.reshape(B, L, -1).astype(jnp.float32)
 
 
 def loss_sums(params: Params, batch: dict, cfg: ModelConfig) -> tuple[jax.Array, jax.Array]:
