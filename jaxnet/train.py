@@ -237,11 +237,11 @@ def train(cfg: Config, *, progress: bool = True, devices=None, stop_after: int |
   return {"state": state, "history": history, "start": start, "end": end}
 
 
-def _progress(enabled: bool, start: int, total: int):
+def _progress(enabled: bool, start: int, total: int, desc: str = "train", unit: str = "step"):
   if not enabled:
     return None
   from tqdm.auto import tqdm
-  return tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True)
+  return tqdm(total=total, initial=start, desc=desc, unit=unit, dynamic_ncols=True)
 
 
 def plot_losses(metrics_path: Path, png_path: Path, label: str = "AdamW") -> None:

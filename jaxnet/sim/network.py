@@ -227,7 +227,7 @@ def simulate(cfg: Config, *, progress: bool = True, devices=None, stop_after: in
   st = net.place(st)
   log = MetricsLog(out / "metrics.jsonl", start)
   end = cfg.sim.rounds if stop_after is None else min(cfg.sim.rounds, start + stop_after)
-  bar = _progress(progress, start, cfg.sim.rounds)
+  bar = _progress(progress, start, cfg.sim.rounds, desc="simulate", unit="round")
   history = []
   try:
     for w in range(start, end):
