@@ -27,21 +27,22 @@ import numpy as np
 import scipy.fft
 
 from jaxnet import demo
-from jaxnet.config import DemoConfig
+from jaxnet import model as jmodel
+from jaxnet.config import DemoConfig, load_config
 
-# (V, D, L, F) of configs/small.yaml, configs/150m.yaml and configs/1.2b.yaml (gauntlet.md §2.1).
-SHAPES = {"small": (257, 256, 4, 688), "150m": (32000, 1024, 12, 2688),
-          "1.2b": (32000, 2048, 16, 8192)}
+ROOT = Path(__file__).resolve().parent.parent
 LR = 4e-4   # gauntlet.md §15.2
 
 
-def model_shapes(V, D, L, F):
-  layer = {"attn_norm": {"scale": (L, D)}, "mlp_norm": {"scale": (L, D)},
-           **{w: {"kernel": (L, D, D)} for w in ("wq", "wk", "wv", "wo")},
-           "w_gate": {"kernel": (L, D, F)}, "w_up": {"kernel": (L, D, F)},
-           "w_down": {"kernel": (L, F, D)}}
-  return {"embed": {"embedding": (V, D)}, "layers": layer, "final_norm": {"scale": (D,)},
-          "lm_head": {"kernel": (D, V)}}
+def model_shapes(name: str) -> dict:
+  """Parameter shapes of configs/<name>.yaml from `jax.eval_shape` (nothing allocated)."""
+  cfg = load_config(ROOT / "configs" / f"{name}.yaml")
+  return jax.tree.map(lambda s: tuple(s.shape), jmodel.abstract_params(cfg.model))
+
+
+def model_dims(name: str) -> dict:
+  m = load_config(ROOT / "configs" / f"{name}.yaml").model
+  return {"V": m.vocab_size, "D": m.d_model, "L": m.n_layers, "F": m.d_ff}
 
 
 def timed(fn, reps):
@@ -119,7 +120,7 @@ def np_decode(out_idx, out_val, layout):
 
 def bench_shape(name, reps, np_reps):
   cfg = DemoConfig(ef_warmup=0)
-  shapes = model_shapes(*SHAPES[name])
+  shapes = model_shapes(name)
   leaves, treedef = jax.tree.flatten(shapes, is_leaf=lambda x: isinstance(x, tuple))
   rng = np.random.default_rng(0)
   grads_np = treedef.unflatten([rng.standard_normal(s, np.float32) for s in leaves])
@@ -177,7 +178,7 @@ def bench_shape(name, reps, np_reps):
                                 zip(jax.tree.leaves(grads_np), dst)], reps)
   gbs = lambda s: nbytes / s / 1e9
   return {
-      "shape": dict(zip("VDLF", SHAPES[name])), "n_params": n_params, "param_bytes": nbytes,
+      "shape": model_dims(name), "n_params": n_params, "param_bytes": nbytes,
       "upload_bytes": layout.upload_bytes(), "jax_compile_s": compile_s,
       "jax": {"compress_s": t_comp, "decode_s": t_dec, "compress_gbs": gbs(t_comp),
               "decode_gbs": gbs(t_dec), "compress_decode_gbs": gbs(t_comp + t_dec)},
@@ -197,7 +198,7 @@ def upload_1p2b() -> dict:
   """1.2b upload size from `jax.eval_shape` of one peer's compress (gauntlet.md §3.3)."""
   out = {}
   params = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s, jnp.float32),
-                        model_shapes(*SHAPES["1.2b"]), is_leaf=lambda x: isinstance(x, tuple))
+                        model_shapes("1.2b"), is_leaf=lambda x: isinstance(x, tuple))
   for quantize in (True, False):
     cfg = DemoConfig(quantize=quantize)
     layout = demo.make_layout(params, cfg, n_pages=6)

@@ -5,6 +5,7 @@ References are slow NumPy/SciPy re-implementations written from gauntlet.md §3.
 import dataclasses
 import functools
 import math
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -15,18 +16,9 @@ from jax.sharding import NamedSharding, PartitionSpec as PS
 
 from conftest import skip_if_not_enough_devices
 from jaxnet import demo
+from jaxnet import model as jmodel
 from jaxnet import submission as S
-from jaxnet.config import DemoConfig
-
-
-def model_shapes(V, D, L, F):
-  """The model's parameter layout (scanned layer axis first under 'layers')."""
-  layer = {"attn_norm": {"scale": (L, D)}, "mlp_norm": {"scale": (L, D)},
-           **{w: {"kernel": (L, D, D)} for w in ("wq", "wk", "wv", "wo")},
-           "w_gate": {"kernel": (L, D, F)}, "w_up": {"kernel": (L, D, F)},
-           "w_down": {"kernel": (L, F, D)}}
-  return {"embed": {"embedding": (V, D)}, "layers": layer, "final_norm": {"scale": (D,)},
-          "lm_head": {"kernel": (D, V)}}
+from jaxnet.config import DemoConfig, load_config
 
 
 def is_shape(x):
@@ -410,8 +402,8 @@ def test_lr_schedule_matches_stepped_pytorch_logic():
 # --------------------------------------------------------------------------- sizes, errors
 
 def test_upload_size_for_the_1p2b_shapes():
-  shapes = model_shapes(V=32000, D=2048, L=16, F=8192)
-  params = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s, jnp.float32), shapes, is_leaf=is_shape)
+  # the 1.2b config's parameters from jax.eval_shape (nothing allocated)
+  params = jmodel.abstract_params(load_config(Path(__file__).parent.parent / "configs" / "1.2b.yaml").model)
   for quantize, lo, hi in [(True, 25e6, 32e6), (False, 50e6, 62e6)]:
     cfg = dataclasses.replace(CFG, quantize=quantize)
     layout = demo.make_layout(params, cfg, n_pages=6)
