@@ -7,8 +7,6 @@ weights). All peers share the same model θ; momenta and batches are per peer `[
 """
 from __future__ import annotations
 
-from functools import partial
-
 import jax
 import jax.numpy as jnp
 from jax import lax

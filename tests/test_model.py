@@ -63,6 +63,7 @@ def test_rope_is_a_rotation_and_relative():
   k = jax.random.normal(jax.random.key(1), (1, 16, 1, 8))
   rq, rk = model.apply_rope(q, cos, sin), model.apply_rope(k, cos, sin)
   np.testing.assert_allclose(jnp.linalg.norm(rq, axis=-1), jnp.linalg.norm(q, axis=-1), rtol=1e-5)
+  np.testing.assert_allclose(jnp.linalg.norm(rk, axis=-1), jnp.linalg.norm(k, axis=-1), rtol=1e-5)
   # same content at positions (i, j) and (i+3, j+3) gives the same dot product
   q2 = jnp.broadcast_to(q[:, :1], q.shape)
   k2 = jnp.broadcast_to(k[:, :1], k.shape)

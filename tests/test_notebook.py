@@ -1,5 +1,4 @@
 """The Colab quickstart runs top to bottom on CPU (nbclient + ipykernel)."""
-import os
 from pathlib import Path
 
 import pytest

@@ -1,5 +1,4 @@
 """Peers: the lifted round equals a Python loop over peers, on 1 and 4 devices; DeMo learns."""
-import json
 from pathlib import Path
 
 import jax
@@ -71,7 +70,6 @@ def test_one_and_four_devices_equal(setup):
 def test_peer_submission_matches_its_own_pages(setup):
   """Peer k's gradient comes from pages(k, window): swapping batches changes the result."""
   cfg, params, layout, batches, states = setup
-  lr = jnp.float32(4e-4)
   g0, _ = peer.peer_grads(params, jax.tree.map(lambda x: x[0], batches), cfg)
   g1, _ = peer.peer_grads(params, jax.tree.map(lambda x: x[1], batches), cfg)
   diff = max(float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)))

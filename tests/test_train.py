@@ -1,7 +1,6 @@
 """Baseline training: learns, 1 vs 4 devices agree, bit-exact resume, clear checkpoint errors."""
 import dataclasses
 import json
-import shutil
 from pathlib import Path
 
 import jax

@@ -8,14 +8,13 @@ round (`fast.format_ok`), so the reasons here are only the structural ones.
 from __future__ import annotations
 
 from functools import partial
-from typing import NamedTuple, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxnet.config import Config
-from jaxnet.gauntlet import fast
 from jaxnet.gauntlet.validator import RoundInputs, ValidatorState, score_round
 from jaxnet.submission import Layout, Submission, SubmissionError, from_bytes
 

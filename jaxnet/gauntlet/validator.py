@@ -121,7 +121,6 @@ def score_round(state: ValidatorState, inputs: RoundInputs, params, window, lr_t
   window = jnp.asarray(window, jnp.int32)
   k_gather, k_select = jax.random.split(key)
   sc, rt = state.scores, state.rating
-  zeros_b = jnp.zeros((n,), bool)
 
   # 1. uptime (§6, §7.1)
   last_upload = fast.update_activity(state.last_upload, inputs.present, window)

@@ -29,7 +29,7 @@ from jaxnet.gauntlet import collect, fast
 from jaxnet.gauntlet.validator import ValidatorState, init_state as init_validator
 from jaxnet.sim import adversaries
 from jaxnet.sim.storage import debug_name, gradient_name, make_storage
-from jaxnet.submission import Submission, from_bytes, stack
+from jaxnet.submission import Submission
 
 WINDOW_S = 96.0          # 8 blocks x 12 s (gauntlet.md §1.1)
 WRONG_DATA_SHIFT = 100_003  # wrong-data peers train on pages of a far-away window
