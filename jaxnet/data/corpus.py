@@ -20,7 +20,7 @@ import numpy as np
 from jaxnet.data import pages as pg
 from jaxnet.data.embedded import default_shards
 from jaxnet.data.errors import DataError
-from jaxnet.data.shards import TokenStream, open_shards
+from jaxnet.data.shards import TokenStream, check_tokenizer, open_shards
 from jaxnet.data.tokenizer import load_tokenizer
 
 
@@ -42,6 +42,9 @@ class Corpus:
 
   def __init__(self, stream: TokenStream, tokenizer, cfg):
     self.stream, self.tokenizer, self.cfg = stream, tokenizer, cfg
+    # Shard ids are verified < the vocab in their meta.json, while the model is sized by
+    # `tokenizer.vocab_size`: both must be the same tokenizer.
+    check_tokenizer(stream.tokenizer, tokenizer, stream.directory / "meta.json")
     self.seq_len, self.page_size = cfg.seq_len, cfg.page_size
     n_seq = (stream.n_tokens - 1) // cfg.seq_len
     n_held = math.ceil(cfg.val_fraction * n_seq)

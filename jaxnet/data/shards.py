@@ -4,19 +4,30 @@ Layout of a shard directory (written by `write_shards` / `prepare_shards`):
 
   shard_00000.bin ...  raw little-endian token ids, uint16 (uint32 if vocab > 65535)
   meta.json            {"format", "tokenizer" (fingerprint), "dtype", "n_tokens",
-                        "n_documents", "shards": [{"file", "n_tokens", "sha256"}], "sources"}
+                        "n_documents", "shards": [{"file", "n_tokens", "sha256", "max_id"}],
+                        "sources"}
 
 Documents: every input file is split on the ASCII record separator U+001E (`DOC_SEP`); a file
 without one is one document. Surrounding newlines are stripped and empty documents dropped.
 Each document is followed by EOS, so the stream is `doc0 EOS doc1 EOS ...` (gauntlet.md §2.2
 packing); shards cut the stream at fixed token counts, so a document may span two shards.
 `meta.json` is written last: a directory without it is incomplete.
+
+Verification (`open_shards`): every shard's sha256 and largest token id (< the tokenizer's
+vocab_size in meta.json; `max_id`, absent in older directories, must agree) are checked in
+one read. The result is cached per file, keyed by (device, inode, size, mtime_ns, ctime_ns),
+in-process and under `$JAXNET_CACHE/verified/`, so reopening an unchanged shard does not
+rehash it. Any write changes ctime, which utime (touch, cp -p) cannot set back, so a changed file never
+matches an entry. A file changed within `_RACY_NS` of its hash is not cached, because a
+second write inside one filesystem timestamp tick would leave its stat unchanged.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -29,6 +40,8 @@ META = "meta.json"
 FORMAT = "jaxnet-shards/1"
 DEFAULT_SHARD_TOKENS = 1 << 24   # 16 Mi tokens = 32 MiB of uint16 per shard
 _ROW_BUF = 1 << 20               # tokens buffered before a write
+_SCAN_TOKENS = 1 << 20           # tokens per hash/max step: stays in cache between the two
+_RACY_NS = 2_000_000_000         # 2 s: above any filesystem's timestamp granularity (FAT: 2 s)
 
 
 def split_documents(text: str) -> list[str]:
@@ -49,17 +62,17 @@ class _ShardWriter:
     self.records: list[dict] = []
     self._f = None
     self._hash = None
-    self._n = 0
+    self._n = self._max = 0
 
   def _open(self):
     name = f"shard_{len(self.records):05d}.bin"
     self._f = open(self.out_dir / name, "wb")  # noqa: SIM115 - closed in _close
-    self._hash, self._n = hashlib.sha256(), 0
-    self.records.append({"file": name, "n_tokens": 0, "sha256": ""})
+    self._hash, self._n, self._max = hashlib.sha256(), 0, 0
+    self.records.append({"file": name, "n_tokens": 0, "sha256": "", "max_id": 0})
 
   def _close(self):
     self._f.close()
-    self.records[-1].update(n_tokens=self._n, sha256=self._hash.hexdigest())
+    self.records[-1].update(n_tokens=self._n, sha256=self._hash.hexdigest(), max_id=self._max)
     self._f = None
 
   def add(self, ids: np.ndarray) -> None:
@@ -72,6 +85,7 @@ class _ShardWriter:
       self._f.write(chunk)
       self._hash.update(chunk)
       self._n += take
+      self._max = max(self._max, int(data[:take].max()))
       data = data[take:]
       if self._n == self.shard_tokens:
         self._close()
@@ -221,15 +235,99 @@ def _fail(path: Path, msg: str):
   raise DataError(f"{path}: {msg}")
 
 
-def open_shards(directory: str | Path, tokenizer=None, verify: bool = False) -> TokenStream:
-  """Memory-maps a shard directory after checking meta.json and file sizes.
+def check_tokenizer(fp: dict, tokenizer, where: str | Path) -> None:
+  """DataError unless `tokenizer` is the one the shards were written with (fingerprint `fp`)."""
+  if _same_tok(tokenizer.fingerprint()) != _same_tok(fp):
+    _fail(where, f"shards were tokenized with {_describe(fp)}, but the tokenizer given is "
+                 f"{_describe(tokenizer.fingerprint())} (set data.tokenizer to match)")
 
-  `tokenizer`: if given, its fingerprint must equal the one the shards were written with.
-  `verify`: also check every shard's sha256 and that ids are < vocab (reads everything).
-  """
-  d = Path(directory)
-  if not d.is_dir():
-    _fail(d, "shard directory not found")
+
+# ------------------------------------------------------------------------------ verification
+
+_verified: dict[tuple, tuple] = {}   # (dev, ino) -> (identity, sha256, max_id), this process
+
+
+def _identity(st: os.stat_result) -> tuple:
+  # ctime is in the key because every write updates it and utime/cp -p cannot restore it.
+  return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _now_ns() -> int:
+  return time.time_ns()
+
+
+def _cache_entry(ident: tuple) -> Path | None:
+  from jaxnet.data.embedded import cache_dir   # embedded imports this module
+  try:
+    return cache_dir() / "verified" / f"{ident[0]:x}-{ident[1]:x}.json"
+  except (OSError, RuntimeError):             # no home directory to put a cache in
+    return None
+
+
+def _cached(ident: tuple) -> tuple[str, int] | None:
+  """(sha256, max_id) recorded for exactly this file state, or None."""
+  hit = _verified.get(ident[:2])
+  if hit is not None and hit[0] == ident:
+    return hit[1:]
+  entry = _cache_entry(ident)
+  if entry is None:
+    return None
+  try:
+    rec = json.loads(entry.read_text())
+    if rec["id"] == list(ident) and isinstance(rec["sha256"], str) and type(rec["max_id"]) is int:
+      _verified[ident[:2]] = (ident, rec["sha256"], rec["max_id"])
+      return rec["sha256"], rec["max_id"]
+  except (OSError, ValueError, KeyError, TypeError):
+    pass                                        # no entry, or unreadable: hash the file
+  return None
+
+
+def _remember(ident: tuple, digest: str, max_id: int) -> None:
+  _verified[ident[:2]] = (ident, digest, max_id)
+  entry = _cache_entry(ident)
+  if entry is None:
+    return
+  tmp = entry.with_name(f".{entry.name}.{os.getpid()}.tmp")
+  try:
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    tmp.write_text(json.dumps({"id": list(ident), "sha256": digest, "max_id": max_id}))
+    os.replace(tmp, entry)
+  except OSError:                               # a read-only cache only costs a rehash
+    tmp.unlink(missing_ok=True)
+
+
+def _scan(arr: np.ndarray) -> tuple[str, int]:
+  """sha256 of the shard's bytes and its largest token id, in one pass over the memmap."""
+  h, top = hashlib.sha256(), 0
+  for lo in range(0, arr.size, _SCAN_TOKENS):
+    part = arr[lo:lo + _SCAN_TOKENS]
+    h.update(part)
+    top = max(top, int(part.max()))
+  return h.hexdigest(), top
+
+
+def _scan_all(paths: list[Path], arrays: list[np.ndarray], idents: list[tuple]) -> list:
+  """`_scan` of each shard (threads: hashlib and numpy release the GIL); caches the results."""
+  start = _now_ns()
+  if len(arrays) > 1:
+    with ThreadPoolExecutor(min(len(arrays), os.cpu_count() or 1, 8)) as pool:
+      found = list(pool.map(_scan, arrays))
+  else:
+    found = [_scan(a) for a in arrays]
+  for p, ident, (digest, top) in zip(paths, idents, found):
+    # Cache only a file that held still while read and was last changed well before it.
+    try:
+      still = _identity(p.stat()) == ident
+    except OSError:
+      still = False
+    if still and max(ident[3], ident[4]) < start - _RACY_NS:
+      _remember(ident, digest, top)
+  return found
+
+
+# ------------------------------------------------------------------------------ open
+
+def _read_meta(d: Path) -> tuple[dict, np.dtype, int, list, list, list, list]:
   mpath = d / META
   if not mpath.is_file():
     _fail(mpath, "missing (not a shard directory, or prepare was interrupted)")
@@ -248,28 +346,63 @@ def open_shards(directory: str | Path, tokenizer=None, verify: bool = False) -> 
     names = [str(r["file"]) for r in records]
     counts = [int(r["n_tokens"]) for r in records]
     hashes = [str(r["sha256"]) for r in records]
-  except (KeyError, TypeError, ValueError) as e:
+    max_ids = [None if r.get("max_id") is None else int(r["max_id"]) for r in records]
+  except (KeyError, TypeError, ValueError, AttributeError) as e:
     _fail(mpath, f"malformed ({type(e).__name__}: {e})")
   if dtype not in (np.dtype(np.uint16), np.dtype(np.uint32)):
     _fail(mpath, f"dtype {dtype} is not uint16 or uint32")
+  if not 0 < vocab <= np.iinfo(dtype).max + 1:
+    _fail(mpath, f"tokenizer vocab_size {vocab} does not fit dtype {dtype.name}")
   if not records or sum(counts) != total or min(counts) <= 0:
     _fail(mpath, f"shard token counts {counts} do not add up to n_tokens={total}")
-  if tokenizer is not None and _same_tok(tokenizer.fingerprint()) != _same_tok(fp):
-    _fail(mpath, f"shards were tokenized with {_describe(fp)}, but the tokenizer given is "
-                 f"{_describe(tokenizer.fingerprint())} (set data.tokenizer to match)")
-  arrays = []
-  for name, count, digest in zip(names, counts, hashes):
+  for name, digest in zip(names, hashes):
+    if len(digest) != 64 or digest.strip("0123456789abcdef"):
+      _fail(mpath, f"malformed sha256 {digest[:70]!r} for {name}")
+  return meta, dtype, vocab, names, counts, hashes, max_ids
+
+
+def open_shards(directory: str | Path, tokenizer=None, verify: bool = True) -> TokenStream:
+  """Memory-maps a shard directory after checking meta.json, file sizes and contents.
+
+  `tokenizer`: if given, its fingerprint must equal the one the shards were written with.
+  `verify` (default): every shard's sha256 must match meta.json and its ids be < the
+  vocab_size there (cached per unchanged file, see the module docstring). False checks
+  only meta.json and file sizes.
+  """
+  d = Path(directory)
+  if not d.is_dir():
+    _fail(d, "shard directory not found")
+  mpath = d / META
+  meta, dtype, vocab, names, counts, hashes, max_ids = _read_meta(d)
+  if tokenizer is not None:
+    check_tokenizer(meta["tokenizer"], tokenizer, mpath)
+  arrays, idents, found = [], [], []
+  for name, count, recorded in zip(names, counts, max_ids):
     p = d / name
     if Path(name).name != name or not p.is_file():
       _fail(p, "shard file missing")
-    want = count * dtype.itemsize
-    if p.stat().st_size != want:
-      _fail(p, f"size {p.stat().st_size} bytes, meta.json says {want} "
-               f"({count} tokens of {dtype.name}); truncated or overwritten")
-    if verify and hashlib.sha256(p.read_bytes()).hexdigest() != digest:
-      _fail(p, "sha256 does not match meta.json (corrupted)")
-    arr = np.memmap(p, dtype=dtype.newbyteorder("<"), mode="r", shape=(count,))
-    if verify and int(arr.max()) >= vocab:
-      _fail(p, f"token id {int(arr.max())} >= vocab_size {vocab}")
-    arrays.append(arr)
+    if recorded is not None and recorded >= vocab:
+      _fail(p, f"meta.json records token id {recorded} >= vocab_size {vocab}")
+    with open(p, "rb") as f:                  # the memmap keeps its own handle
+      ident = _identity(os.fstat(f.fileno()))
+      want = count * dtype.itemsize
+      if ident[2] != want:
+        _fail(p, f"size {ident[2]} bytes, meta.json says {want} "
+                 f"({count} tokens of {dtype.name}); truncated or overwritten")
+      arrays.append(np.memmap(f, dtype=dtype.newbyteorder("<"), mode="r", shape=(count,)))
+    idents.append(ident)
+    found.append(_cached(ident) if verify else None)
+  if verify:
+    todo = [i for i, hit in enumerate(found) if hit is None]
+    for i, hit in zip(todo, _scan_all([d / names[i] for i in todo], [arrays[i] for i in todo],
+                                      [idents[i] for i in todo])):
+      found[i] = hit
+    for name, digest, recorded, (got, top) in zip(names, hashes, max_ids, found):
+      p = d / name
+      if got != digest:
+        _fail(p, "sha256 does not match meta.json (corrupted, or changed after prepare)")
+      if top >= vocab:
+        _fail(p, f"token id {top} >= vocab_size {vocab} of the tokenizer in meta.json")
+      if recorded is not None and top != recorded:
+        _fail(p, f"largest token id is {top}, meta.json says {recorded}")
   return TokenStream(arrays, meta, d)
