@@ -2,21 +2,47 @@
 
 A checkpoint holds two items: `state` (any pytree of arrays, restored into an abstract
 tree that carries the current shardings) and `meta` (JSON: step, data position, the
-config that produced it). A missing, partial or incompatible checkpoint raises
-`CheckpointError` with one line saying what is wrong; nothing restarts silently.
+config that produced it, and a SHA-256 digest of every array). A missing, partial,
+damaged or incompatible checkpoint raises `CheckpointError` with one line saying what is
+wrong (a damaged array is named with its step and path); nothing restarts silently.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 
 class CheckpointError(RuntimeError):
   """A checkpoint that cannot be used: missing, partial, or from another config."""
+
+
+def _host_value(x) -> np.ndarray:
+  """The whole array on this host (gathered across processes when it is not addressable)."""
+  if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+    x = jax.random.key_data(x)
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    if x.sharding.is_fully_replicated:
+      return np.asarray(x.addressable_shards[0].data)
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(x)
+
+
+def digests(tree) -> dict[str, str]:
+  """SHA-256 of every leaf (dtype, shape and bytes), keyed by its '/'-joined tree path."""
+  out = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    a = np.ascontiguousarray(_host_value(leaf))
+    h = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode())
+    h.update(a.tobytes())
+    out[jax.tree_util.keystr(path)] = h.hexdigest()
+  return out
 
 
 def abstract_like(tree):
@@ -82,7 +108,7 @@ class Checkpointer:
     return self.every > 0 and step % self.every == 0
 
   def save(self, step: int, state: Any, meta: dict | None = None) -> None:
-    meta = dict(meta or {}, step=int(step), compat=self.compat)
+    meta = dict(meta or {}, step=int(step), compat=self.compat, digests=digests(state))
     self._mngr.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
 
@@ -114,6 +140,7 @@ class Checkpointer:
       raise CheckpointError(f"{self.directory}/{step}: cannot restore state, checkpoint is partial, "
                             f"corrupt or of another shape ({type(e).__name__}: {_first_line(e)})") from None
     _check_same_structure(restored, target, f"{self.directory}/{step}")
+    _check_digests(restored, meta.get("digests"), f"{self.directory}/{step}")
     return restored, meta
 
   def close(self) -> None:
@@ -130,6 +157,17 @@ class Checkpointer:
 def _first_line(e: Exception) -> str:
   text = str(e).strip().splitlines()
   return text[0][:200] if text else ""
+
+
+def _check_digests(restored, saved, where: str) -> None:
+  if not isinstance(saved, dict):
+    raise CheckpointError(f"{where}: checkpoint has no array digests (written by an older "
+                          "jaxnet or damaged); cannot verify it")
+  now = digests(restored)
+  for path in sorted(set(now) | set(saved)):
+    if now.get(path) != saved.get(path):
+      raise CheckpointError(f"{where}: array {path} fails its SHA-256 digest; the checkpoint "
+                            "is damaged (restore an earlier step or start a new run)")
 
 
 def _check_same_structure(restored, target, where: str) -> None:

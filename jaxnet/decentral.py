@@ -12,7 +12,6 @@ sequences) for the same number of steps, and both curves go into one PNG.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from functools import partial
 from pathlib import Path
@@ -26,7 +25,8 @@ from jaxnet import model as jmodel
 from jaxnet.checkpoint import Checkpointer
 from jaxnet.config import Config, to_dict
 from jaxnet.configbase import ConfigError
-from jaxnet.train import MetricsLog, _progress, check_vocab
+from jaxnet.rundir import RunDir, read_metrics
+from jaxnet.train import _progress, check_vocab
 
 
 def round_fn(params, states_P, batches_PxSxL, window, *, cfg: Config, layout, mesh, n_gather):
@@ -75,23 +75,38 @@ def train(cfg: Config, *, progress: bool = True, devices=None, stop_after: int |
     raise ConfigError(f"train.optimizer: decentral.train needs 'demo', got {cfg.train.optimizer!r}")
   run = DecentralRun(cfg, devices)
   out_dir = Path(cfg.train.out_dir)
-  ckpt = Checkpointer(cfg.checkpoint.dir or out_dir / "checkpoints", every=cfg.checkpoint.every,
-                      keep=cfg.checkpoint.keep,
-                      compat={"model": to_dict(cfg.model), "optimizer": "demo",
-                              "peers": cfg.train.peers, "demo": to_dict(cfg.demo)})
-  params, states, start = run.params, run.states, 0
-  latest = ckpt.start_step(cfg.checkpoint.resume)
-  if latest is not None:
-    (params, states), _ = ckpt.restore(latest, (params, states))
-    start = latest
-  # committed placements from the start, so the first and later rounds share one compilation
-  params = shd.put_tree(params, shd.replicated(run.mesh))
-  states = shd.put_tree(states, shd.along(run.mesh, "peer"))
-  log = MetricsLog(out_dir / "metrics.jsonl", start)
+  with RunDir(cfg, "train") as rd:
+    ckpt = Checkpointer(cfg.checkpoint.dir or out_dir / "checkpoints", every=cfg.checkpoint.every,
+                        keep=cfg.checkpoint.keep,
+                        compat={"model": to_dict(cfg.model), "optimizer": "demo",
+                                "peers": cfg.train.peers, "demo": to_dict(cfg.demo)})
+    try:
+      params, states, start = run.params, run.states, 0
+      latest = ckpt.start_step(cfg.checkpoint.resume)
+      if latest is not None:
+        (params, states), _ = ckpt.restore(latest, (params, states))
+        start = latest
+      rd.begin(start)
+      # committed placements from the start, so the first and later rounds share one compilation
+      params = shd.put_tree(params, shd.replicated(run.mesh))
+      states = shd.put_tree(states, shd.along(run.mesh, "peer"))
+      end = cfg.train.steps if stop_after is None else min(cfg.train.steps, start + stop_after)
+      params, states, history = _loop(run, rd, ckpt, params, states, start, end, progress)
+    finally:
+      ckpt.close()
+  result = {"params": params, "states": states, "history": history, "start": start, "end": end}
+  if end == cfg.train.steps and cfg.train.compare_baseline and rd.main:
+    result["baseline"] = run_baseline(cfg, run.tokens_per_round, progress, devices)
+    plot_comparison(out_dir, cfg)
+  return result
+
+
+def _loop(run: DecentralRun, rd: RunDir, ckpt: Checkpointer, params, states, start: int,
+          end: int, progress: bool):
+  cfg = run.cfg
   val = run.corpus.val_batch(min(64, run.corpus.n_val))
   val_loss = jax.jit(partial(jmodel.loss_fn, cfg=cfg.model))
-  end = cfg.train.steps if stop_after is None else min(cfg.train.steps, start + stop_after)
-  bar = _progress(progress and shd.is_main_process(), start, cfg.train.steps)
+  bar = _progress(progress and rd.main, start, cfg.train.steps)
   history = []
   t_last = time.perf_counter()
   try:
@@ -106,24 +121,20 @@ def train(cfg: Config, *, progress: bool = True, devices=None, stop_after: int |
       if cfg.train.eval_every and (w + 1) % cfg.train.eval_every == 0:
         rec["val_loss"] = float(val_loss(params, val))
       history.append(rec)
-      log.write(rec)
+      rd.log(rec)
       if bar is not None:
         bar.update(1)
         bar.set_postfix(loss=f"{rec['loss']:.4f}")
       if ckpt.should_save(w + 1) and w + 1 < end:
+        rd.sync()
         ckpt.save(w + 1, (params, states), {"data_position": w + 1})
+    rd.sync()
     if end > start:
       ckpt.save(end, (params, states), {"data_position": end})
   finally:
-    ckpt.close()
-    log.close()
     if bar is not None:
       bar.close()
-  result = {"params": params, "states": states, "history": history, "start": start, "end": end}
-  if end == cfg.train.steps and cfg.train.compare_baseline and shd.is_main_process():
-    result["baseline"] = run_baseline(cfg, run.tokens_per_round, progress, devices)
-    plot_comparison(out_dir, cfg)
-  return result
+  return params, states, history
 
 
 def baseline_config(cfg: Config) -> Config:
@@ -147,9 +158,8 @@ def plot_comparison(out_dir: Path, cfg: Config) -> None:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  demo_recs = [json.loads(l) for l in (out_dir / "metrics.jsonl").read_text().splitlines() if l]
-  base_path = out_dir / "adamw_baseline" / "metrics.jsonl"
-  base_recs = [json.loads(l) for l in base_path.read_text().splitlines() if l] if base_path.exists() else []
+  demo_recs = read_metrics(out_dir / "metrics.jsonl")
+  base_recs = read_metrics(out_dir / "adamw_baseline" / "metrics.jsonl")
   fig, ax = plt.subplots(figsize=(6, 4))
   ax.plot([r["step"] for r in demo_recs], [r["loss"] for r in demo_recs],
           label=f"DeMo, {cfg.train.peers} peers (mean peer loss)")

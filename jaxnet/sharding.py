@@ -25,9 +25,10 @@ def maybe_initialize_distributed() -> bool:
   Multi-host launch: start the same command on every host with
   `JAX_COORDINATOR_ADDRESS=host0:1234 JAX_NUM_PROCESSES=N JAX_PROCESS_ID=i`, or under
   Slurm / Open MPI / TPU pods where JAX detects these itself. Must run before any
-  JAX computation. Returns True when it initialised.
+  JAX computation. Returns True when it initialised (False when not asked or already
+  initialised, so every entry point may call it).
   """
-  if not any(os.environ.get(k) for k in _DIST_ENV):
+  if not any(os.environ.get(k) for k in _DIST_ENV) or jax.distributed.is_initialized():
     return False
   if os.environ.get("JAX_COORDINATOR_ADDRESS"):
     jax.distributed.initialize(

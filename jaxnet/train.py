@@ -28,6 +28,7 @@ from jaxnet import sharding as shd
 from jaxnet.checkpoint import Checkpointer, CheckpointError
 from jaxnet.config import Config, TrainConfig, to_dict
 from jaxnet.configbase import ConfigError
+from jaxnet.rundir import RunDir
 
 
 class TrainState(NamedTuple):
@@ -126,14 +127,12 @@ class Run:
                            donate_argnums=(0,))
     init = jax.jit(partial(init_state, cfg, tx=self.tx), out_shardings=self.state_sharding)
     self.init_fn = lambda: init(jax.random.key(cfg.train.seed))
+    self.val_batch = self.corpus.val_batch(cfg.train.batch_size)
+    self.val_loss_fn = jax.jit(partial(jmodel.loss_fn, cfg=cfg.model))
 
   def batch(self, step: int) -> dict:
     host = self.corpus.train_batches(step, self.cfg.train.batch_size)
     return put_batch(split_micro(host, self.microbatch), self.batch_sharding)
-
-  def val_loss(self, params) -> float:
-    batch = self.corpus.val_batch(self.cfg.train.batch_size)
-    return float(jax.jit(partial(jmodel.loss_fn, cfg=self.cfg.model))(params, batch))
 
 
 def _checkpointer(cfg: Config) -> Checkpointer:
@@ -155,30 +154,10 @@ def restore_or_init(run: Run, ckpt: Checkpointer) -> tuple[TrainState, int]:
   return TrainState(*restored), step
 
 
-class MetricsLog:
-  """JSONL metrics; on resume, records past the restored step are dropped."""
-
-  def __init__(self, path: Path, start_step: int):
-    self.path = path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    kept = []
-    if start_step > 0 and path.exists():
-      kept = [l for l in path.read_text().splitlines() if l and json.loads(l).get("step", 0) <= start_step]
-    path.write_text("".join(l + "\n" for l in kept))
-    self._f = path.open("a")
-
-  def write(self, record: dict) -> None:
-    self._f.write(json.dumps(record) + "\n")
-    self._f.flush()
-
-  def close(self):
-    self._f.close()
-
-
-def _host_metrics(m: dict) -> dict:
+def _host_metrics(m: dict, step: int) -> dict:
   out = {k: float(np.asarray(v)) for k, v in m.items()}
   if not np.isfinite(out["loss"]):
-    raise FloatingPointError(f"loss is {out['loss']} at step {out.get('step')}")
+    raise FloatingPointError(f"loss is {out['loss']} at step {step}")
   return out
 
 
@@ -192,25 +171,40 @@ def train(cfg: Config, *, progress: bool = True, devices=None, stop_after: int |
     raise ConfigError(f"train.optimizer: {cfg.train.optimizer!r} runs through jaxnet.decentral")
   run = Run(cfg, devices)
   out_dir = Path(cfg.train.out_dir)
-  ckpt = _checkpointer(cfg)
-  state, start = restore_or_init(run, ckpt)
-  log = MetricsLog(out_dir / "metrics.jsonl", start)
+  with RunDir(cfg, "train") as rd:
+    ckpt = _checkpointer(cfg)
+    try:
+      state, start = restore_or_init(run, ckpt)
+      rd.begin(start)
+      end = cfg.train.steps if stop_after is None else min(cfg.train.steps, start + stop_after)
+      state, history = _loop(run, rd, ckpt, state, start, end, progress)
+    finally:
+      ckpt.close()
+  if end == cfg.train.steps and rd.main:
+    plot_losses(out_dir / "metrics.jsonl", out_dir / "loss.png")
+  return {"state": state, "history": history, "start": start, "end": end, "run_id": rd.run_id}
+
+
+def _loop(run: Run, rd: RunDir, ckpt: Checkpointer, state: TrainState, start: int, end: int,
+          progress: bool) -> tuple[TrainState, list[dict]]:
+  """Steps start..end with asynchronous dispatch: step t's metrics are read on the host
+  after step t+1 is dispatched, except before a checkpoint, whose step's record is written
+  and synced first. Returns the final state and the records of these steps."""
+  cfg = run.cfg
   tokens_per_step = cfg.train.batch_size * cfg.data.seq_len
-  end = cfg.train.steps if stop_after is None else min(cfg.train.steps, start + stop_after)
-  bar = _progress(progress and shd.is_main_process(), start, cfg.train.steps)
+  bar = _progress(progress and rd.main, start, cfg.train.steps)
   history, pending, t_last = [], None, time.perf_counter()
 
-  def flush(pending):
-    nonlocal t_last
+  def flush():
+    nonlocal t_last, pending
     step, m = pending
-    rec = _host_metrics(m)
+    pending = None
+    rec = _host_metrics(m, step)
     now = time.perf_counter()
     rec.update(step=step, tokens_per_s=tokens_per_step / max(now - t_last, 1e-9), time=now)
     t_last = now
-    if cfg.train.eval_every and step % cfg.train.eval_every == 0:
-      rec["val_loss"] = run.val_loss(state.params)
     history.append(rec)
-    log.write(rec)
+    rd.log(rec)
     if bar is not None:
       bar.update(1)
       bar.set_postfix(loss=f"{rec['loss']:.4f}", tok_s=f"{rec['tokens_per_s']:.0f}")
@@ -218,23 +212,25 @@ def train(cfg: Config, *, progress: bool = True, devices=None, stop_after: int |
   try:
     for step in range(start, end):
       state, metrics = run.step_fn(state, run.batch(step))
-      if pending is not None:  # process step t-1 after dispatching step t (async dispatch)
-        flush(pending)
+      if cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0:
+        # dispatched now, on the params after this step, before the next step donates them
+        metrics = dict(metrics, val_loss=run.val_loss_fn(state.params, run.val_batch))
+      if pending is not None:
+        flush()
       pending = (step + 1, metrics)
       if ckpt.should_save(step + 1) and step + 1 < end:
+        flush()
+        rd.sync()
         ckpt.save(step + 1, state, {"data_position": step + 1})
     if pending is not None:
-      flush(pending)
+      flush()
+    rd.sync()
     if end > start or ckpt.latest_step() != end:
       ckpt.save(end, state, {"data_position": end})
   finally:
-    ckpt.close()
-    log.close()
     if bar is not None:
       bar.close()
-  if end == cfg.train.steps and shd.is_main_process():
-    plot_losses(out_dir / "metrics.jsonl", out_dir / "loss.png")
-  return {"state": state, "history": history, "start": start, "end": end}
+  return state, history
 
 
 def _progress(enabled: bool, start: int, total: int, desc: str = "train", unit: str = "step"):

@@ -11,6 +11,7 @@ from conftest import skip_if_not_enough_devices
 from jaxnet import train
 from jaxnet.checkpoint import CheckpointError
 from jaxnet.config import load_config
+from jaxnet.rundir import RunError
 
 TINY = Path(__file__).parent.parent / "configs" / "tiny.yaml"
 
@@ -77,8 +78,14 @@ def test_incompatible_checkpoint_is_an_error(tmp_path):
   train.train(cfg, progress=False, devices=jax.devices()[:1])
   bigger = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, d_model=32, d_ff=64))
   bigger = dataclasses.replace(bigger, train=dataclasses.replace(cfg.train, steps=4))
-  with pytest.raises(CheckpointError, match="incompatible checkpoint, model"):
+  # the run directory refuses first (its stored config) ...
+  with pytest.raises(RunError, match="was made with model.d_ff=172, the config now says 64"):
     train.train(bigger, progress=False, devices=jax.devices()[:1])
+  # ... and the checkpoint itself when it is reached from another run directory
+  elsewhere = dataclasses.replace(bigger, train=dataclasses.replace(bigger.train, out_dir=str(tmp_path / "a2")),
+                                  checkpoint=dataclasses.replace(cfg.checkpoint, dir=str(tmp_path / "a" / "checkpoints")))
+  with pytest.raises(CheckpointError, match="incompatible checkpoint, model"):
+    train.train(elsewhere, progress=False, devices=jax.devices()[:1])
 
 
 def test_partial_checkpoint_is_an_error(tmp_path):
@@ -110,5 +117,10 @@ def test_resume_never_refuses_to_mix_with_old_checkpoints(tmp_path):
   cfg = _cfg(tmp_path, "e", **{"train.steps": 2, "train.warmup_steps": 1})
   train.train(cfg, progress=False, devices=jax.devices()[:1])
   again = dataclasses.replace(cfg, checkpoint=dataclasses.replace(cfg.checkpoint, resume="never"))
-  with pytest.raises(CheckpointError, match="resume=never but it holds checkpoints"):
+  with pytest.raises(RunError, match="checkpoint.resume=never"):
     train.train(again, progress=False, devices=jax.devices()[:1])
+  # a new run directory that points at the old checkpoints is refused by the checkpointer
+  other = dataclasses.replace(again, train=dataclasses.replace(cfg.train, out_dir=str(tmp_path / "e2")),
+                              checkpoint=dataclasses.replace(again.checkpoint, dir=str(tmp_path / "e" / "checkpoints")))
+  with pytest.raises(CheckpointError, match="resume=never but it holds checkpoints"):
+    train.train(other, progress=False, devices=jax.devices()[:1])

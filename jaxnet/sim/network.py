@@ -27,6 +27,7 @@ from jaxnet.checkpoint import Checkpointer
 from jaxnet.config import Config, to_dict
 from jaxnet.gauntlet import collect, fast
 from jaxnet.gauntlet.validator import ValidatorState, init_state as init_validator
+from jaxnet.rundir import RunDir
 from jaxnet.sim import adversaries
 from jaxnet.sim.storage import debug_name, gradient_name, make_storage
 from jaxnet.submission import Submission
@@ -57,9 +58,10 @@ class NetState(NamedTuple):
 class Network:
   """Builds the jitted pieces once; `run_round(state)` advances one round."""
 
-  def __init__(self, cfg: Config, devices=None):
+  def __init__(self, cfg: Config, devices=None, run_id: str = "run"):
     from jaxnet import data as jdata
     self.cfg = cfg
+    self.run_id = run_id
     self.behaviours = cfg.sim.behaviours()
     self.n = len(self.behaviours)
     self.corpus = jdata.load_corpus(cfg.data)
@@ -211,44 +213,52 @@ def _parse_probe(data: bytes, k: int) -> np.ndarray:
 def simulate(cfg: Config, *, progress: bool = True, devices=None, stop_after: int | None = None,
              on_round=None) -> dict:
   """Runs (or resumes) `cfg.sim.rounds` rounds; writes metrics JSONL under train.out_dir."""
-  from jaxnet.train import MetricsLog, _progress
-  net = Network(cfg, devices)
+  from jaxnet.train import _progress
+  from jaxnet.sharding import maybe_initialize_distributed
+  maybe_initialize_distributed()
   out = Path(cfg.train.out_dir)
-  ckpt = Checkpointer(cfg.checkpoint.dir or out / "checkpoints", every=cfg.sim.checkpoint_every,
-                      keep=cfg.checkpoint.keep,
-                      compat={"model": to_dict(cfg.model), "sim": to_dict(cfg.sim),
-                              "gauntlet": to_dict(cfg.gauntlet)})
-  st = net.init_state()
-  start = 0
-  latest = ckpt.start_step(cfg.checkpoint.resume)
-  if latest is not None:
-    restored, _ = ckpt.restore(latest, st)
-    st, start = NetState(*restored), latest
-  st = net.place(st)
-  log = MetricsLog(out / "metrics.jsonl", start)
-  end = cfg.sim.rounds if stop_after is None else min(cfg.sim.rounds, start + stop_after)
-  bar = _progress(progress, start, cfg.sim.rounds, desc="simulate", unit="round")
-  history = []
-  try:
-    for w in range(start, end):
-      st, m = net.run_round(st)
-      rec = dict(m, step=w + 1)
-      log.write(rec)
-      history.append(rec)
-      if on_round is not None:
-        on_round(rec)
-      if bar is not None:
-        bar.update(1)
-        bar.set_postfix(loss=f"{m['val_loss']:.3f}", evald=m["evaluated"],
-                        top=f"{m['top_uids'][0]}:{m['top_weights'][0]:.2f}")
-      if ckpt.should_save(w + 1) and w + 1 < end:
-        ckpt.save(w + 1, st, {"data_position": w + 1})
-    if end > start:
-      ckpt.save(end, st, {"data_position": end})
-  finally:
-    ckpt.close()
-    log.close()
-    if bar is not None:
-      bar.close()
-  (out / "behaviours.json").write_text(json.dumps(net.behaviours))
-  return {"state": st, "history": history, "start": start, "end": end, "network": net}
+  with RunDir(cfg, "simulate") as rd:
+    net = Network(cfg, devices, run_id=rd.run_id)
+    ckpt = Checkpointer(cfg.checkpoint.dir or out / "checkpoints", every=cfg.sim.checkpoint_every,
+                        keep=cfg.checkpoint.keep,
+                        compat={"model": to_dict(cfg.model), "gauntlet": to_dict(cfg.gauntlet)})
+    try:
+      st = net.init_state()
+      start = 0
+      latest = ckpt.start_step(cfg.checkpoint.resume)
+      if latest is not None:
+        restored, _ = ckpt.restore(latest, st)
+        st, start = NetState(*restored), latest
+      rd.begin(start)
+      st = net.place(st)
+      end = cfg.sim.rounds if stop_after is None else min(cfg.sim.rounds, start + stop_after)
+      bar = _progress(progress and rd.main, start, cfg.sim.rounds, desc="simulate", unit="round")
+      history = []
+      try:
+        for w in range(start, end):
+          st, m = net.run_round(st)
+          if not np.isfinite(m["val_loss"]):
+            raise FloatingPointError(f"held-out loss is {m['val_loss']} at round {w}")
+          rec = dict(m, step=w + 1)
+          rd.log(rec)
+          history.append(rec)
+          if on_round is not None and rd.main:
+            on_round(rec)
+          if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{m['val_loss']:.3f}", evald=m["evaluated"],
+                            top=f"{m['top_uids'][0]}:{m['top_weights'][0]:.2f}")
+          if ckpt.should_save(w + 1) and w + 1 < end:
+            rd.sync()
+            ckpt.save(w + 1, st, {"data_position": w + 1})
+        rd.sync()
+        if end > start:
+          ckpt.save(end, st, {"data_position": end})
+      finally:
+        if bar is not None:
+          bar.close()
+    finally:
+      ckpt.close()
+    rd.write_text("behaviours.json", json.dumps(net.behaviours))
+  return {"state": st, "history": history, "start": start, "end": end, "network": net,
+          "run_id": rd.run_id}

@@ -1,0 +1,244 @@
+"""A run directory: one writer, one resolved config, one run id, exact metrics.
+
+Every mode (train, decentralised train, simulate) keeps its outputs in `train.out_dir`:
+
+  run.json       {"run_id", "mode", "created"}: who this run is (the id namespaces storage)
+  config.yaml    the resolved config of the run; a resume refuses any other config
+  metrics.jsonl  one JSON record per step, complete up to the last checkpoint after any kill
+  .lock          held (flock) by the one live writer
+
+Only process 0 writes (under `jax.distributed` every process runs the same program); the
+run id is decided by process 0 and broadcast, so every process namespaces storage alike.
+
+Resume rules: a run directory that holds a run is resumed only with the same config,
+except for fields that only extend the run or say where its files live (`EXTEND_ONLY`).
+Extending `train.steps` stretches the AdamW cosine schedule from the resumed step on.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import yaml
+
+__all__ = ["RunError", "RunDir", "read_metrics", "EXTEND_ONLY"]
+
+# Fields a resume may change: the length of the run, evaluation and checkpoint cadence,
+# and where the run's files live (a copied run directory can be resumed elsewhere).
+EXTEND_ONLY = ("train.steps", "sim.rounds", "train.eval_every", "checkpoint.every",
+               "sim.checkpoint_every", "checkpoint.keep", "checkpoint.resume",
+               "train.out_dir", "checkpoint.dir")
+_MAX_METRICS_BYTES = 1 << 30   # a metrics file is ours, but bound what resume reads anyway
+
+
+class RunError(RuntimeError):
+  """A run directory that cannot be used as asked; the message is one line."""
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f"{prefix}{k}."))
+    else:
+      out[prefix + k] = list(v) if isinstance(v, tuple) else v
+  return out
+
+
+def config_diff(old: dict, new: dict) -> list[tuple[str, Any, Any]]:
+  """Changed fields (dotted name, old, new) outside `EXTEND_ONLY`, sorted by name."""
+  a, b = _flatten(old), _flatten(new)
+  return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
+          if k not in EXTEND_ONLY and a.get(k) != b.get(k)]
+
+
+def read_metrics(path: str | os.PathLike, *, upto: int | None = None) -> list[dict]:
+  """Records of a metrics JSONL file. A torn LAST line (a kill mid-write) is dropped; any
+  other unreadable line is a RunError naming it. `upto` keeps records with step <= upto."""
+  path = Path(path)
+  if not path.exists():
+    return []
+  if path.stat().st_size > _MAX_METRICS_BYTES:
+    raise RunError(f"{path}: {path.stat().st_size} bytes is larger than a metrics file can be")
+  lines = path.read_bytes().split(b"\n")
+  recs = []
+  for i, line in enumerate(lines):
+    if not line.strip():
+      continue
+    try:
+      rec = json.loads(line)
+      if not isinstance(rec, dict):
+        raise ValueError("not a JSON object")
+    except ValueError as e:
+      if i == len(lines) - 1:   # no newline after it: the write was cut short
+        break
+      raise RunError(f"{path}:{i + 1}: unreadable metrics record ({type(e).__name__})") from None
+    recs.append(rec)
+  if upto is not None:
+    recs = [r for r in recs if r.get("step", 0) <= upto]
+  return recs
+
+
+def _broadcast_from_main(payload: str) -> str:
+  """Process 0's string on every process (identity for a single process)."""
+  if jax.process_count() == 1:
+    return payload
+  from jax.experimental import multihost_utils
+  buf = np.zeros(256, np.uint8)
+  raw = payload.encode()[:256]
+  buf[:len(raw)] = np.frombuffer(raw, np.uint8)
+  out = np.asarray(multihost_utils.broadcast_one_to_all(buf))
+  return bytes(out[out != 0].astype(np.uint8)).decode()
+
+
+class RunDir:
+  """Opens `out_dir` for one run of `mode`; the only writer of its metrics and run files.
+
+  Usage: `rd = RunDir(cfg, mode)` (locks, checks the stored config, fixes the run id),
+  then after restoring a checkpoint `rd.begin(start_step)`; `rd.log(record)` per step,
+  `rd.sync()` before each checkpoint, `rd.close()` at the end (also a context manager).
+  """
+
+  def __init__(self, cfg, mode: str, *, fresh: bool = False):
+    from jaxnet.config import to_dict
+    self.dir = Path(cfg.train.out_dir)
+    self.mode = mode
+    self.main = jax.process_index() == 0
+    self.config = to_dict(cfg)
+    self._lock = self._log = None
+    self.resumed = False
+    verdict = "ok:"
+    if self.main:
+      try:
+        self._lock_dir()
+        self.run_id = self._check_existing(cfg.checkpoint.resume, fresh)
+        verdict = "ok:" + self.run_id
+      except (RunError, OSError) as e:
+        verdict = "error:" + str(e)[:240]
+        self._release()
+        if jax.process_count() == 1:
+          raise
+    verdict = _broadcast_from_main(verdict)
+    if verdict.startswith("error:"):
+      raise RunError(verdict[6:] if self.main else f"process 0 refused {self.dir}: {verdict[6:]}")
+    self.run_id = verdict[3:]
+
+  # ------------------------------------------------------------------ opening
+  def _lock_dir(self) -> None:
+    import fcntl
+    self.dir.mkdir(parents=True, exist_ok=True)
+    f = open(self.dir / ".lock", "a+")
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      f.seek(0)
+      holder = f.read().strip() or "another process"
+      f.close()
+      raise RunError(f"{self.dir}: in use by a live run ({holder}); one writer per run "
+                     "directory, use another train.out_dir") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()}")
+    f.flush()
+    self._lock = f
+
+  def _check_existing(self, resume: str, fresh: bool) -> str:
+    run_json, cfg_yaml = self.dir / "run.json", self.dir / "config.yaml"
+    if not run_json.exists():
+      stray = sorted(p.name for p in self.dir.iterdir()
+                     if p.name in ("metrics.jsonl", "checkpoints", "config.yaml"))
+      if stray:
+        raise RunError(f"{self.dir}: holds {', '.join(stray)} but no run.json (not a jaxnet run "
+                       "directory, or from an older version); use another train.out_dir")
+      return f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(4)}"
+    try:
+      info = json.loads(run_json.read_text())
+      old = yaml.safe_load(cfg_yaml.read_text())
+      run_id, mode = str(info["run_id"]), info["mode"]
+    except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError) as e:
+      raise RunError(f"{self.dir}: run.json or config.yaml unreadable ({type(e).__name__}); "
+                     "use another train.out_dir") from None
+    if resume == "never" or fresh:
+      raise RunError(f"{self.dir}: holds run {run_id} and checkpoint.resume=never; "
+                     "use another train.out_dir")
+    if mode != self.mode:
+      raise RunError(f"{self.dir}: holds a {mode!r} run, not {self.mode!r}; use another train.out_dir")
+    if diff := config_diff(old if isinstance(old, dict) else {}, self.config):
+      name, was, now = diff[0]
+      more = f" (and {len(diff) - 1} more)" if len(diff) > 1 else ""
+      raise RunError(f"{self.dir}: run {run_id} was made with {name}={was!r}, the config now says "
+                     f"{now!r}{more}; resume only extends a run (use another train.out_dir)")
+    return run_id
+
+  def begin(self, start: int) -> "RunDir":
+    """Writes the run files (fresh) or keeps the metrics up to `start` (resume)."""
+    self.resumed = start > 0
+    if not self.main:
+      return self
+    path = self.dir / "metrics.jsonl"
+    kept = read_metrics(path, upto=start) if start > 0 else []
+    if [r.get("step") for r in kept] != list(range(1, start + 1)):
+      raise RunError(f"{path}: records for steps 1..{start} are incomplete; the run directory "
+                     "was damaged, use another train.out_dir")
+    _atomic_write(path, "".join(json.dumps(r) + "\n" for r in kept))
+    _atomic_write(self.dir / "config.yaml", yaml.safe_dump(self.config, sort_keys=False))
+    if not (self.dir / "run.json").exists():
+      _atomic_write(self.dir / "run.json", json.dumps(
+          {"run_id": self.run_id, "mode": self.mode, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}))
+    self._log = path.open("a")
+    if start > 0:
+      print(f"resumed run {self.run_id} from step {start}", flush=True)
+    return self
+
+  # ------------------------------------------------------------------ writing
+  def log(self, record: dict) -> None:
+    if self._log is not None:
+      self._log.write(json.dumps(record) + "\n")
+      self._log.flush()
+
+  def sync(self) -> None:
+    """Metrics on disk before a checkpoint claims their step (a kill loses neither)."""
+    if self._log is not None:
+      self._log.flush()
+      os.fsync(self._log.fileno())
+
+  def write_text(self, name: str, text: str) -> None:
+    """A file of the run (process 0 only)."""
+    if self.main:
+      _atomic_write(self.dir / name, text)
+
+  def close(self) -> None:
+    if self._log is not None:
+      self.sync()
+      self._log.close()
+      self._log = None
+    self._release()
+
+  def _release(self) -> None:
+    if self._lock is not None:
+      self._lock.close()   # closing the file drops the flock
+      self._lock = None
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
+
+def _atomic_write(path: Path, text: str) -> None:
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_text(text)
+  os.replace(tmp, path)
+
+
+def replace_out_dir(cfg, out_dir: str):
+  """`cfg` with another `train.out_dir` (nested runs such as the AdamW comparison)."""
+  return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, out_dir=out_dir))
