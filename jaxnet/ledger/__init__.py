@@ -6,9 +6,15 @@ Public API:
   Yuma:      epoch, epoch_core, EpochOut, EpochMasks, default_masks, masks_from_blocks,
              stored_bonds, emission_split, stake_weighted_quantile, normalize
   history:   run (float trajectories), LedgerState, init_ledger, ledger_step, run_ledger,
-             split_units, EpochRecord
+             split_units, EpochRecord, ledger_step_core
   audit:     LedgerCheckpointer, write_epoch_log, audit_epoch_log
   errors:    LedgerInputError, LedgerAuditError
+
+Every entry point validates its inputs on the host (shape, and for concrete arrays finite
+and >= 0) and raises a one-line `LedgerInputError` naming the argument; traced inputs get
+the shape checks only, so the checked names still work under jit/vmap/scan. Unchecked, for
+callers that validated already: the pure cores `epoch_core`, `legacy_epoch_2020_core`,
+`ledger_step_core`, and the generic numerics `normalize` and `topk_nonzero`.
 """
 from jaxnet.ledger.audit import (LedgerAuditError, LedgerCheckpointer, audit_epoch_log,
                                  epoch_log_lines, write_epoch_log)
@@ -17,7 +23,7 @@ from jaxnet.ledger.bittensor import (Epoch2020Out, cabal_toy, connectivity_loss,
 from jaxnet.ledger.config import BitTensorConfig, LedgerConfig, YumaConfig
 from jaxnet.ledger.ops import normalize, stake_weighted_quantile, topk_nonzero
 from jaxnet.ledger.state import (EpochRecord, LedgerState, first_permits, init_ledger,
-                                 ledger_step, run, run_ledger, split_units)
+                                 ledger_step, ledger_step_core, run, run_ledger, split_units)
 from jaxnet.ledger.validate import LedgerInputError
 from jaxnet.ledger.yuma import (EpochMasks, EpochOut, default_masks, emission_split, epoch,
                                 epoch_core, masks_from_blocks, stored_bonds)
@@ -28,7 +34,8 @@ __all__ = [
     "connectivity_loss", "run_2020", "cabal_toy",
     "EpochOut", "EpochMasks", "epoch", "epoch_core", "default_masks", "masks_from_blocks",
     "stored_bonds", "emission_split", "stake_weighted_quantile", "normalize", "topk_nonzero",
-    "run", "LedgerState", "EpochRecord", "init_ledger", "ledger_step", "run_ledger",
+    "run", "LedgerState", "EpochRecord", "init_ledger", "ledger_step", "ledger_step_core",
+    "run_ledger",
     "split_units", "first_permits",
     "LedgerCheckpointer", "write_epoch_log", "epoch_log_lines", "audit_epoch_log",
     "LedgerInputError", "LedgerAuditError",

@@ -12,11 +12,12 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxnet.ledger import ops
 from jaxnet.ledger.config import BitTensorConfig
-from jaxnet.ledger.validate import LedgerInputError, check_2020_inputs
+from jaxnet.ledger.validate import (LedgerInputError, check_2020_inputs, check_config,
+                                   check_count, check_matrix, check_scalar, check_vector,
+                                   shape_of)
 
 
 class Epoch2020Out(NamedTuple):
@@ -53,6 +54,8 @@ def legacy_epoch_2020(W, S, rho=10.0, kappa=0.5) -> Epoch2020Out:
     LedgerInputError: non-square W, mismatched S, negative or non-finite values.
   """
   check_2020_inputs(W, S)
+  check_scalar(rho, "rho")
+  check_scalar(kappa, "kappa", 1.0)
   return _epoch_2020_jit(W, S, rho, kappa)
 
 
@@ -61,7 +64,18 @@ def inflate(S, incentive, tau):
 
   Rewards are added to stake, so rewarded peers gain weight. With all-zero incentive
   nothing is minted (the minted amount is tau * sum(S) * sum(normalize(I))).
+
+  Raises:
+    LedgerInputError: S or incentive not 1-D of one length, negative or non-finite
+      entries, or tau not a finite number >= 0.
   """
+  check_vector(S, "S")
+  check_vector(incentive, "incentive", shape_of(S)[0], of="entries of S")
+  check_scalar(tau, "tau")
+  return _inflate_core(S, incentive, tau)
+
+
+def _inflate_core(S, incentive, tau):
   S = jnp.asarray(S)
   return S + tau * jnp.sum(S) * ops.normalize(incentive)
 
@@ -72,6 +86,8 @@ def connectivity_loss(W, S, kappa=0.5):
   A reconstruction (the exact derivation is not in the available sources); differentiable
   w.r.t. the values of W and w.r.t. S.
   """
+  check_2020_inputs(W, S)
+  check_scalar(kappa, "kappa", 1.0)
   out = legacy_epoch_2020_core(W, S, 10.0, kappa)
   return -jnp.sum(out.rank * (out.trust - kappa))
 
@@ -87,18 +103,20 @@ def run_2020(W, S0, params: BitTensorConfig = BitTensorConfig(), epochs: int | N
   Returns:
     (S_T, Epoch2020Out stacked over T, S_TxN the stake after each block).
   """
+  check_config(params, BitTensorConfig, "params")
   W = jnp.asarray(W, jnp.result_type(float))
   if W.ndim == 2:
     if epochs is None:
       raise LedgerInputError("epochs: required when W is a single [n, n] matrix")
+    check_count(epochs, "epochs")
     check_2020_inputs(W, S0)
   else:
     if W.ndim != 3:
       raise LedgerInputError(f"W: expected [n, n] or [T, n, n], got shape {W.shape}")
     check_2020_inputs(W[0], S0)
-    if not isinstance(W, jax.core.Tracer) and not np.all(np.isfinite(np.asarray(W))):
-      raise LedgerInputError("W: non-finite value (NaN/Inf) in the weight sequence")
     epochs = W.shape[0]
+    # Every block's matrix, not just the first: rows of the [T * n, n] stack.
+    check_matrix(W.reshape(-1, W.shape[-1]), "W")
   return _run_2020_jit(W, jnp.asarray(S0, W.dtype), params, epochs)
 
 
@@ -107,7 +125,7 @@ def _run_2020_core(W, S0, params: BitTensorConfig, epochs: int):
 
   def step(S, w):
     out = legacy_epoch_2020_core(W if const else w, S, params.rho, params.kappa)
-    S = inflate(S, out.incentive, params.tau)
+    S = _inflate_core(S, out.incentive, params.tau)
     return S, (out, S)
 
   xs = None if const else W
@@ -124,5 +142,6 @@ def cabal_toy(s_a=0.51, s_b=0.49, params: BitTensorConfig = BitTensorConfig(), b
   Two disjoint subgraphs that only connect internally are `run_2020` with a
   block-diagonal W; one peer per side gives W = identity, which is the §1.3 recurrence.
   """
+  check_count(blocks, "blocks")
   _, _, S_TxN = run_2020(jnp.eye(2), jnp.asarray([s_a, s_b]), params, epochs=blocks)
   return S_TxN[:, 1] / jnp.sum(S_TxN, axis=1)

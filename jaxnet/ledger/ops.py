@@ -1,12 +1,16 @@
 """Shared numerics of the ledger: safe normalisation, u16 emulation, the kappa-median.
 
 All functions are pure, shape-static and jit/vmap-able. "Normalise" means divide by the
-sum, and a zero-sum slice stays all-zero, never NaN (spec, Notation).
+sum, and a zero-sum slice stays all-zero, never NaN (spec, Notation). The generic helpers
+take any array; `stake_weighted_quantile` checks its inputs (its bit-pattern search is
+only exact for w >= 0), and the epoch calls `stake_weighted_quantile_core`.
 """
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+
+from jaxnet.ledger.validate import check_matrix, check_scalar, check_vector, shape_of
 
 U16_MAX = 65535.0  # chain u16 proportions: 65535 = 1.0 (spec §2 "Chain arithmetic")
 
@@ -135,7 +139,17 @@ def stake_weighted_quantile(w_VxM, a_V, kappa, method: str = "bisect"):
     method: "bisect" or "sort".
   Returns:
     c_M, each entry one of its column's values (from a positive-stake row) or 0.
+  Raises:
+    LedgerInputError: negative or non-finite w or a, mismatched shapes, kappa outside [0, 1].
   """
+  check_matrix(w_VxM, "w_VxM")
+  check_vector(a_V, "a_V", shape_of(w_VxM)[0], of="rows of w_VxM")
+  check_scalar(kappa, "kappa", 1.0)
+  return stake_weighted_quantile_core(w_VxM, a_V, kappa, method)
+
+
+def stake_weighted_quantile_core(w_VxM, a_V, kappa, method: str = "bisect"):
+  """`stake_weighted_quantile` without input checks (inside the epoch)."""
   w_VxM, a_V = _quantile_inputs(w_VxM, a_V, kappa)
   if method == "sort":
     return _quantile_sort(w_VxM, a_V, kappa)

@@ -10,6 +10,10 @@ Two runners (spec §5.2 `run`):
   cumulative shares, c_k = round(total * cumsum(share)_k / sum(share)) with c_K = total,
   payout_k = c_k - c_{k-1}. They telescope to `total`, are >= 0 (c is non-decreasing),
   and each is within one unit (plus the float error of total * share) of its exact share.
+
+Every exported function checks its inputs on the host first (`validate.py`), so NaN or
+negative weights or stake raise `LedgerInputError` instead of minting money that is not
+paid; `ledger_step_core` is the unchecked step for callers that validated already.
 """
 from __future__ import annotations
 
@@ -23,10 +27,12 @@ import numpy as np
 from jaxnet.ledger import ops
 from jaxnet.ledger.bittensor import legacy_epoch_2020_core
 from jaxnet.ledger.config import LedgerConfig, YumaConfig
-from jaxnet.ledger.validate import (LedgerInputError, check_epoch_inputs, check_mask_sequence,
-                                   check_matrix, check_vector)
+from jaxnet.ledger.validate import (LedgerInputError, check_config, check_count,
+                                   check_epoch_inputs, check_mask, check_mask_sequence,
+                                   check_masks, check_matrix, check_scalar, check_vector,
+                                   shape_of)
 from jaxnet.ledger.yuma import (EpochMasks, EpochOut, default_masks, epoch_core, hyper_of,
-                                static_of, stored_bonds)
+                                static_of, stored_bonds_core)
 
 # Integer totals stay below 2**30 so float rounding of a total never overflows int32.
 INT32_SAFE = 2**30
@@ -45,8 +51,15 @@ def split_units(shares_K, total):
   """Splits an integer `total` over K recipients in proportion to `shares_K`, exactly.
 
   Cumulative rounding (module docstring): the result sums to `total` exactly when
-  sum(shares) > 0, and is all-zero otherwise.
+  sum(shares) > 0, and is all-zero otherwise. Negative shares would pay negative units,
+  so shares must be finite and >= 0, and `total` a whole number in [0, limit].
   """
+  check_vector(shares_K, "shares_K")
+  check_scalar(total, "total", _int_limit(), integer=True)
+  return _split_units(shares_K, total)
+
+
+def _split_units(shares_K, total):
   idt = int_dtype()
   fdt = jnp.result_type(float)
   total = jnp.asarray(total, idt)
@@ -83,6 +96,7 @@ def run(W, S0, params: YumaConfig = YumaConfig(), *, B0=None, masks: EpochMasks 
   if W.ndim == 2:
     if epochs is None:
       raise LedgerInputError("epochs: required when W is a single [V, M] matrix")
+    check_count(epochs, "epochs")
     w0 = W
   elif W.ndim == 3:
     epochs, w0 = W.shape[0], W[0]
@@ -93,6 +107,8 @@ def run(W, S0, params: YumaConfig = YumaConfig(), *, B0=None, masks: EpochMasks 
     check_matrix(W.reshape(-1, W.shape[-1]), "W")
   V, M = w0.shape
   check_mask_sequence(masks, epochs, V, M)
+  if permit0 is not None:
+    check_mask(permit0, "permit0", (V,))
   S0 = jnp.asarray(S0, W.dtype)
   B0 = jnp.zeros((V, M), W.dtype) if B0 is None else jnp.asarray(B0, W.dtype)
   if permit0 is None:
@@ -103,6 +119,8 @@ def run(W, S0, params: YumaConfig = YumaConfig(), *, B0=None, masks: EpochMasks 
 
 def first_permits(S, params: YumaConfig):
   """The permit set a first epoch would store (spec §2.1 step 3)."""
+  check_vector(S, "S")
+  check_config(params, YumaConfig, "params")
   s = ops.normalize(jnp.asarray(S, jnp.result_type(float)))
   owner = jnp.arange(s.shape[0]) == params.owner
   s = jnp.where((jnp.asarray(S) >= params.stake_threshold) | owner, s, 0.0)
@@ -125,7 +143,7 @@ def _run_core(W, S0, B0, masks, emission, permit0, hyper, params, compound, epoc
       if params.layout == "combined":
         paid = paid + out.server_emission
       S = S + paid
-    B = stored_bonds(out, B, mk.permit, params)
+    B = stored_bonds_core(out, B, mk.permit, params)
     return (S, B, out.new_permit), out
 
   xs = (None if const else W, masks)
@@ -167,7 +185,11 @@ class EpochRecord(NamedTuple):
 
 def init_ledger(stake_units, num_miners: int | None, config: LedgerConfig) -> LedgerState:
   """A fresh ledger. 2020 mode (and the combined layout) uses one n x n index space."""
+  check_config(config, LedgerConfig, "config")
   check_vector(stake_units, "stake_units")
+  if num_miners is not None and (isinstance(num_miners, bool) or
+                                 not isinstance(num_miners, (int, np.integer)) or num_miners < 1):
+    raise LedgerInputError(f"num_miners: must be an int >= 1 or None, got {num_miners!r}")
   stake = np.asarray(stake_units)
   if not np.all(stake == np.round(stake)):
     raise LedgerInputError("stake_units: the ledger holds whole units; got fractional stake")
@@ -193,8 +215,51 @@ def _owner_units(config: LedgerConfig) -> int:
   return int(math.floor(config.epoch_emission * config.owner_cut))
 
 
+def check_ledger_state(state, config: LedgerConfig) -> tuple[int, int]:
+  """A `LedgerState` whose shapes agree and whose stake and bonds are finite and >= 0;
+  returns (V, M). Shape-only on traced states (see validate.py)."""
+  check_config(config, LedgerConfig, "config")
+  if not isinstance(state, LedgerState):
+    raise LedgerInputError(f"state: expected a LedgerState, got {type(state).__name__}")
+  yuma = config.mechanism == "yuma"
+  check_matrix(state.bonds, "state.bonds", unit=yuma and config.yuma.yuma3)
+  V, M = shape_of(state.bonds)
+  if (not yuma or config.yuma.layout == "combined") and V != M:
+    raise LedgerInputError(f"state.bonds: this mode needs one n x n index, got {V} x {M}")
+  check_vector(state.stake, "state.stake", V, of="rows of state.bonds")
+  want = {"permit": (V,), "miner_balance": (M,), "validator_balance": (V,),
+          "last_server": (M,), "last_validator": (V,), "epoch": (), "owner_balance": (),
+          "minted": ()}
+  for name, shape in want.items():
+    got = shape_of(getattr(state, name))
+    if got != shape:
+      raise LedgerInputError(f"state.{name}: shape {got} does not match expected {shape}")
+  return V, M
+
+
 def ledger_step(state: LedgerState, W, config: LedgerConfig, masks=None):
-  """One epoch of the integer ledger: (state, W, masks) -> (state, EpochRecord). Pure."""
+  """One epoch of the integer ledger: (state, W, masks) -> (state, EpochRecord).
+
+  Checks on the host first (then runs `ledger_step_core`): W must be [V, M] like the
+  state's bonds, finite and >= 0, the state consistent with non-negative stake, the masks
+  one epoch's shapes, and one more epoch must not overflow the integer totals. Under an
+  outer jit/vmap/scan only the shape checks run.
+
+  Raises:
+    LedgerInputError: naming the argument (W, state.stake, masks.permit, ...).
+  """
+  V, M = check_ledger_state(state, config)
+  check_matrix(W, "W", (V, M))
+  if masks is not None:
+    if not isinstance(masks, EpochMasks):
+      raise LedgerInputError(f"masks: expected EpochMasks or None, got {type(masks).__name__}")
+    check_masks(masks, V, M)
+  _check_headroom(state, config, 1)
+  return ledger_step_core(state, W, config, masks)
+
+
+def ledger_step_core(state: LedgerState, W, config: LedgerConfig, masks=None):
+  """`ledger_step` without checks: pure, for jit/vmap/scan callers that validated."""
   idt = int_dtype()
   fdt = jnp.result_type(float)
   V, M = state.bonds.shape
@@ -206,7 +271,7 @@ def ledger_step(state: LedgerState, W, config: LedgerConfig, masks=None):
     minted = jnp.floor(bt.tau * jnp.sum(stake_f)).astype(idt)
     minted = jnp.where(jnp.sum(out.incentive) > 0, minted, 0)
     owner = jnp.zeros((), idt)
-    server = split_units(out.incentive, minted)
+    server = _split_units(out.incentive, minted)
     validator = jnp.zeros((V,), idt)
     stake = state.stake + server
     bonds, permit = state.bonds, state.permit
@@ -218,13 +283,13 @@ def ledger_step(state: LedgerState, W, config: LedgerConfig, masks=None):
     out: EpochOut = epoch_core(W, stake_f, state.bonds, p, mk, 1.0)
     minted = jnp.asarray(config.epoch_emission, idt)
     owner = jnp.asarray(_owner_units(config), idt)
-    units = split_units(jnp.concatenate([out.server_emission, out.validator_emission]),
-                        minted - owner)
+    units = _split_units(jnp.concatenate([out.server_emission, out.validator_emission]),
+                         minted - owner)
     server, validator = units[:M], units[M:]
     stake = state.stake
     if config.compound:
       stake = stake + validator + (server if p.layout == "combined" else 0)
-    bonds = stored_bonds(out, state.bonds, mk.permit, p)
+    bonds = stored_bonds_core(out, state.bonds, mk.permit, p)
     permit = out.new_permit
     rec = (out.incentive, out.dividends, out.consensus, out.validator_trust)
   new = LedgerState(epoch=state.epoch + 1, stake=stake, bonds=bonds, permit=permit,
@@ -240,7 +305,7 @@ def _run_ledger_core(state, W, masks, config, epochs):
 
   def step(st, xs):
     w, mk = xs
-    return ledger_step(st, W if const else w, config, mk)
+    return ledger_step_core(st, W if const else w, config, mk)
 
   return jax.lax.scan(step, state, (None if const else W, masks), length=epochs)
 
@@ -255,11 +320,12 @@ def run_ledger(state: LedgerState, W, config: LedgerConfig, *, masks=None,
   Raises `LedgerInputError` on malformed weights and when the integer totals could
   overflow within these epochs (then lower the emission or enable x64).
   """
+  V, M = check_ledger_state(state, config)
   W = jnp.asarray(W, jnp.result_type(float))
-  V, M = state.bonds.shape
   if W.ndim == 2:
     if epochs is None:
       raise LedgerInputError("epochs: required when W is a single [V, M] matrix")
+    check_count(epochs, "epochs")
     check_matrix(W, "W", (V, M))
   elif W.ndim == 3:
     epochs = W.shape[0]
@@ -272,7 +338,7 @@ def run_ledger(state: LedgerState, W, config: LedgerConfig, *, masks=None,
 
 
 def _check_headroom(state: LedgerState, config: LedgerConfig, epochs: int):
-  if isinstance(state.stake, jax.core.Tracer):
+  if any(isinstance(x, jax.core.Tracer) for x in (state.stake, state.minted)):
     return
   total = float(np.sum(np.asarray(state.stake), dtype=np.float64))
   minted = float(np.asarray(state.minted))

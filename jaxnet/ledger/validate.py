@@ -1,13 +1,17 @@
 """Input checks at the ledger boundary (spec §5.1 edge rules: no NaN ledger, ever).
 
-Jitted code cannot raise on data, so the public entry points call these first. Shape checks
-always run; value checks (NaN, negative) run only on concrete arrays, so the same entry
-points still work under an outer `jit`/`vmap` (where the caller owns validation).
+Jitted code cannot raise on data, so every public entry point of `jaxnet.ledger` calls
+these first, on the host, before its jitted or pure core. Shape checks always run; value
+checks (NaN, negative) run only on concrete arrays, so the same entry points still work
+under an outer `jit`/`vmap`/`scan` (where the caller owns validation). The unchecked cores
+(`epoch_core`, `legacy_epoch_2020_core`, `ledger_step_core`) skip even the shape checks.
 """
 from __future__ import annotations
 
 import jax
 import numpy as np
+
+from jaxnet.ledger.config import YumaConfig
 
 
 class LedgerInputError(ValueError):
@@ -18,8 +22,12 @@ def _concrete(x) -> bool:
   return not isinstance(x, jax.core.Tracer)
 
 
-def _shape(x) -> tuple:
+def shape_of(x) -> tuple:
+  """Shape of an array, list or tracer (jnp.shape refuses lists)."""
   return tuple(np.shape(x))
+
+
+_shape = shape_of
 
 
 def check_matrix(x, name: str, shape: tuple | None = None, *, unit: bool = False):
@@ -41,12 +49,12 @@ def check_matrix(x, name: str, shape: tuple | None = None, *, unit: bool = False
       raise LedgerInputError(f"{name}: value {float(v[tuple(bad)])} > 1 at {bad}")
 
 
-def check_vector(x, name: str, length: int | None = None):
-  """A finite, non-negative vector (stake)."""
+def check_vector(x, name: str, length: int | None = None, of: str = "rows of W"):
+  """A finite, non-negative vector (stake); `length` is that of `of`, for the message."""
   if len(_shape(x)) != 1:
     raise LedgerInputError(f"{name}: expected a 1-D array, got shape {_shape(x)}")
   if length is not None and _shape(x)[0] != length:
-    raise LedgerInputError(f"{name}: length {_shape(x)[0]} does not match {length} rows of W")
+    raise LedgerInputError(f"{name}: length {_shape(x)[0]} does not match {length} {of}")
   if _concrete(x):
     v = np.asarray(x)
     if not np.all(np.isfinite(v)):
@@ -72,17 +80,47 @@ def check_mask_sequence(masks, T: int, V: int, M: int):
   check_mask(masks.recently_registered, "masks.recently_registered", (T, M))
 
 
-def check_scalar(x, name: str):
+def check_scalar(x, name: str, upper: float | None = None, *, integer: bool = False):
+  """A finite scalar >= 0 (and <= `upper`; a whole number with `integer`)."""
   if _shape(x) != ():
     raise LedgerInputError(f"{name}: expected a scalar, got shape {_shape(x)}")
   if _concrete(x):
-    v = float(np.asarray(x))
-    if not np.isfinite(v) or v < 0:
-      raise LedgerInputError(f"{name}: must be finite and >= 0, got {v}")
+    try:
+      v = float(np.asarray(x))
+    except (TypeError, ValueError):
+      raise LedgerInputError(f"{name}: expected a number, got {type(x).__name__}") from None
+    if not np.isfinite(v) or v < 0 or (upper is not None and v > upper):
+      bound = ">= 0" if upper is None else f"in [0, {upper:g}]"
+      raise LedgerInputError(f"{name}: must be finite and {bound}, got {v}")
+    if integer and v != round(v):
+      raise LedgerInputError(f"{name}: must be a whole number, got {v}")
+
+
+def check_count(x, name: str):
+  """A python int >= 0 (epochs, blocks): it sets a static shape."""
+  if isinstance(x, bool) or not isinstance(x, (int, np.integer)) or x < 0:
+    raise LedgerInputError(f"{name}: must be an int >= 0, got {x!r}")
+
+
+def check_config(x, cls, name: str):
+  """Configs are static arguments: a wrong type fails later with an unclear trace."""
+  if not isinstance(x, cls):
+    raise LedgerInputError(f"{name}: expected a {cls.__name__}, got {type(x).__name__}")
+
+
+def check_masks(masks, V: int, M: int):
+  """One epoch's `EpochMasks` (fields [V], [V], [V, M], [M]), or None."""
+  if masks is None:
+    return
+  check_mask(masks.active, "masks.active", (V,))
+  check_mask(masks.permit, "masks.permit", (V,))
+  check_mask(masks.outdated, "masks.outdated", (V, M))
+  check_mask(masks.recently_registered, "masks.recently_registered", (M,))
 
 
 def check_epoch_inputs(W, S, B_prev, masks, params, emission=None):
   """Validates one Yuma epoch's inputs (spec §2.1) against each other and `params`."""
+  check_config(params, YumaConfig, "params")
   check_matrix(W, "W")
   V, M = _shape(W)
   check_vector(S, "S", V)
@@ -92,11 +130,7 @@ def check_epoch_inputs(W, S, B_prev, masks, params, emission=None):
     raise LedgerInputError(f"W: combined layout needs a square n x n matrix, got {V} x {M}")
   if params.owner >= V:
     raise LedgerInputError(f"params.owner: row {params.owner} is out of range for {V} rows")
-  if masks is not None:
-    check_mask(masks.active, "masks.active", (V,))
-    check_mask(masks.permit, "masks.permit", (V,))
-    check_mask(masks.outdated, "masks.outdated", (V, M))
-    check_mask(masks.recently_registered, "masks.recently_registered", (M,))
+  check_masks(masks, V, M)
   if emission is not None:
     check_scalar(emission, "emission")
 

@@ -1,7 +1,9 @@
 """Yuma Consensus, one epoch, as a pure jitted function (spec §2.1 steps 1-12, §5.2).
 
 `epoch_core` is the pure function (jit/vmap it freely); `epoch` validates its inputs at
-the boundary (raising `LedgerInputError`) and calls the jitted core. Shapes: V validator
+the boundary (raising `LedgerInputError`) and calls the jitted core. The other public
+helpers (`emission_split`, `stored_bonds`, `masks_from_blocks`) check their inputs too;
+the epoch and the runners use their unchecked `_core` forms. Shapes: V validator
 rows, M miner columns (split layout) or V = M = n UIDs (combined layout, diagonal masked).
 """
 from __future__ import annotations
@@ -14,7 +16,9 @@ import jax.numpy as jnp
 
 from jaxnet.ledger import ops
 from jaxnet.ledger.config import YumaConfig
-from jaxnet.ledger.validate import check_epoch_inputs
+from jaxnet.ledger.validate import (LedgerInputError, check_config, check_epoch_inputs,
+                                   check_mask, check_matrix, check_scalar, check_vector,
+                                   shape_of)
 
 
 class EpochMasks(NamedTuple):
@@ -64,6 +68,16 @@ def masks_from_blocks(last_update_V, registered_M, current_block, *, tempo: int,
     commit_block_V: earliest unexpired commit block per validator when commit-reveal is on;
       weights committed before j registered are masked like outdated ones (step 5).
   """
+  check_vector(last_update_V, "last_update_V")
+  V = shape_of(last_update_V)[0]
+  check_vector(registered_M, "registered_M")
+  check_scalar(current_block, "current_block")
+  check_scalar(tempo, "tempo")
+  check_scalar(activity_cutoff, "activity_cutoff")
+  if permit_V is not None:
+    check_mask(permit_V, "permit_V", (V,))
+  if commit_block_V is not None:
+    check_vector(commit_block_V, "commit_block_V", V, of="entries of last_update_V")
   last_update_V = jnp.asarray(last_update_V)
   registered_M = jnp.asarray(registered_M)
   active_V = last_update_V + activity_cutoff >= current_block
@@ -142,7 +156,21 @@ def emission_split(incentive_M, dividends_V, active_stake_V, stake_V, emission, 
   weights), everything goes to validators by active stake, or by stake if no stake is
   active. If even the stake is all zero the chain would pay no one; this ledger then
   splits E equally over the validator rows so that what is minted is always paid.
+
+  Raises `LedgerInputError` on negative or non-finite inputs or mismatched lengths.
   """
+  check_vector(incentive_M, "incentive_M")
+  check_vector(dividends_V, "dividends_V")
+  V = shape_of(dividends_V)[0]
+  check_vector(active_stake_V, "active_stake_V", V, of="entries of dividends_V")
+  check_vector(stake_V, "stake_V", V, of="entries of dividends_V")
+  check_scalar(emission, "emission")
+  check_scalar(split, "split", 1.0)
+  return emission_split_core(incentive_M, dividends_V, active_stake_V, stake_V, emission, split)
+
+
+def emission_split_core(incentive_M, dividends_V, active_stake_V, stake_V, emission, split=0.5):
+  """`emission_split` without input checks (inside the epoch)."""
   V = dividends_V.shape[0]
   fallback = jnp.sum(incentive_M) + jnp.sum(dividends_V) == 0
   backup_V = jnp.where(jnp.sum(active_stake_V) > 0, active_stake_V, stake_V)
@@ -195,7 +223,7 @@ def epoch_core(W, S, B_prev=None, params: YumaConfig = YumaConfig(), masks=None,
     w_VxM = jnp.where(diag_VxM, 0.0, w_VxM)
   w_VxM = ops.row_normalize(jnp.where(mk.outdated.astype(bool), 0.0, w_VxM))
   # Step 6: consensus. Step 7: clip (min(W, c) also drops columns with c <= 0 since W >= 0).
-  c_M = ops.stake_weighted_quantile(w_VxM, a_V, kappa, p.median)
+  c_M = ops.stake_weighted_quantile_core(w_VxM, a_V, kappa, p.median)
   wc_VxM = jnp.minimum(w_VxM, c_M[None, :])
   # Steps 8-9: validator trust, prerank, rank, server trust, incentive.
   tv_V = jnp.sum(wc_VxM, axis=1)
@@ -216,8 +244,8 @@ def epoch_core(W, S, B_prev=None, params: YumaConfig = YumaConfig(), masks=None,
   else:
     bonds_VxM, div_V = _yuma2_bonds(wb_VxM, b_prev_VxM, a_V, incentive_M, recent_M, h)
   # Step 12: emission (from the unquantised vectors, as on chain).
-  server_M, validator_V = emission_split(incentive_M, div_V, a_V, s_V,
-                                         jnp.asarray(emission, dt), h.miner_split)
+  server_M, validator_V = emission_split_core(incentive_M, div_V, a_V, s_V,
+                                              jnp.asarray(emission, dt), h.miner_split)
   if p.u16:  # Step 13: what the chain persists is stored as u16 proportions.
     q = ops.u16_floor
     c_M, incentive_M, div_V, tv_V, trust_M = map(q, (c_M, incentive_M, div_V, tv_V, trust_M))
@@ -248,7 +276,7 @@ def epoch(W, S, B_prev=None, params: YumaConfig = YumaConfig(), masks: EpochMask
     LedgerInputError: negative or non-finite values, or mismatched shapes.
   """
   check_epoch_inputs(W, S, B_prev, masks, params, emission)
-  V, M = jnp.shape(W)
+  V, M = shape_of(W)
   # Materialise the defaults so that every call of one shape shares one compilation.
   if B_prev is None:
     B_prev = jnp.zeros((V, M), jnp.result_type(float))
@@ -263,7 +291,20 @@ def stored_bonds(out: EpochOut, B_prev, permit_prev_V, params: YumaConfig):
   Yuma 2 stores B column-max-upscaled (u16 in parity mode); the next epoch
   column-normalises it again, so float mode may carry B as is. Rows of validators without
   a new permit are cleared if they had one, else left as they were (chain `epoch`).
+  Raises `LedgerInputError` on a malformed `B_prev` or `permit_prev_V`.
   """
+  if not isinstance(out, EpochOut):
+    raise LedgerInputError(f"out: expected the EpochOut of an epoch, got {type(out).__name__}")
+  check_config(params, YumaConfig, "params")
+  V, M = shape_of(out.bonds)
+  if B_prev is not None:
+    check_matrix(B_prev, "B_prev", (V, M))
+  check_mask(permit_prev_V, "permit_prev_V", (V,))
+  return stored_bonds_core(out, B_prev, permit_prev_V, params)
+
+
+def stored_bonds_core(out: EpochOut, B_prev, permit_prev_V, params: YumaConfig):
+  """`stored_bonds` without input checks (inside the runners)."""
   if B_prev is None:
     B_prev = jnp.zeros_like(out.bonds)
   bonds_VxM = out.bonds
