@@ -11,13 +11,21 @@ File format: safetensors (DESIGN.md: never unpickle a peer's upload). Tensor nam
 header's `__metadata__` as JSON strings. Every malformed input raises `SubmissionError`
 with a `reason` from `REASONS`; the validator turns it into a penalty (gauntlet.md §7.4,
 §14). Value checks that need the data also exist as the jittable `check_values`.
+
+The bytes come from untrusted peers, so every input is bounded before it is parsed: the
+file and header sizes (`max_upload_bytes`, `header_limit`, derived from the layout), the
+JSON nesting depth and number lengths (before `json.loads`, which would otherwise raise
+RecursionError or Python's int-digit ValueError), duplicate keys, and every header entry's
+types, dtype, shape and offsets (before safetensors allocates anything).
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -32,8 +40,13 @@ REASONS = ("missing", "oversize", "truncated", "corrupt", "bad_metadata", "unkno
            "missing_tensor", "wrong_dtype", "wrong_shape", "wrong_k", "index_range",
            "nonfinite")
 FIELDS = ("idx", "val", "qmean", "qscale", "qlut")
-HEADER_SLACK = 1 << 20      # bytes allowed for the JSON header beyond the tensor data
 _INT32_MAX = 2**31 - 1
+# safetensors dtype names of the dtypes a submission uses
+_ST_DTYPES = {np.dtype(np.int16): "I16", np.dtype(np.float32): "F32", np.dtype(np.uint8): "U8"}
+_MAX_DEPTH = 3        # header object > tensor entry > shape / data_offsets list
+_MAX_DIGITS = 20      # longest digit run accepted (2**64 has 20 digits)
+_MAX_NDIM = 8
+_ENTRY_KEYS = frozenset(("dtype", "shape", "data_offsets"))
 
 
 class SubmissionError(ValueError):
@@ -170,38 +183,160 @@ def save_submission(path: str | os.PathLike, sub: Submission) -> None:
   os.replace(tmp, path)
 
 
-def _data_end(entry) -> int:
-  """End offset of one header entry's data (0 when malformed: safetensors rejects it)."""
-  off = entry.get("data_offsets") if isinstance(entry, dict) else None
-  ok = isinstance(off, list) and len(off) == 2 and type(off[1]) is int
-  return off[1] if ok else 0
+@functools.lru_cache(maxsize=32)
+def _expected(layout: Layout) -> dict[str, tuple[str, tuple[int, ...], int]]:
+  """{tensor name: (safetensors dtype, shape, bytes)} of a well-formed submission."""
+  specs = layout.field_specs()
+  return {f"{f}/{n}": (_ST_DTYPES[d], s, math.prod(s) * d.itemsize)
+          for f in FIELDS for n, (s, d) in specs[f].items()}
 
 
-def _header(data: bytes) -> dict:
-  """Parses the safetensors JSON header; raises SubmissionError('truncated'/'corrupt')."""
+@functools.lru_cache(maxsize=32)
+def header_limit(layout: Layout) -> int:
+  """Most JSON header bytes accepted: twice the header of a well-formed submission with
+  the widest metadata and offsets, plus 4 KiB (room for another writer's whitespace)."""
+  total = layout.upload_bytes()
+  entries = {n: {"dtype": d, "shape": list(s), "data_offsets": [total, total]}
+             for n, (d, s, _) in _expected(layout).items()}
+  widest = json.dumps(_INT32_MAX)
+  meta = {"format": FORMAT, "uid": widest, "window": widest,
+          "pages": json.dumps([_INT32_MAX] * layout.n_pages)}
+  size = len(json.dumps({"__metadata__": meta, **entries}, separators=(",", ":")))
+  return 2 * (size + 8) + 4096
+
+
+def max_upload_bytes(layout: Layout) -> int:
+  """Largest acceptable upload: length prefix, `header_limit`, tensor data. Pass it as the
+  storage read bound so no larger object is ever read."""
+  return 8 + header_limit(layout) + layout.upload_bytes()
+
+
+class _Reject(ValueError):
+  """A JSON value the untrusted-JSON loader refuses (raised from json.loads hooks)."""
+
+
+def _no_duplicates(pairs):
+  # Python's json keeps the last duplicate, other parsers may keep the first: reject
+  out = {}
+  for k, v in pairs:
+    if k in out:
+      raise _Reject(f"duplicate key {k[:64]!r}")
+    out[k] = v
+  return out
+
+
+def _short_int(text: str) -> int:
+  if len(text.lstrip("-")) > _MAX_DIGITS:
+    raise _Reject(f"integer of {len(text)} characters")
+  return int(text)
+
+
+def _no_float(text: str):
+  raise _Reject(f"non-integer number {text[:32]!r}")
+
+
+_TOKENS = re.compile(r'[\[\]{}"\\]')
+_LONG_DIGITS = re.compile(r"[0-9]{%d,}" % (_MAX_DIGITS + 1))
+
+
+def _depth(text: str, limit: int) -> int:
+  """Bracket depth of JSON text outside strings; stops as soon as it exceeds `limit`.
+
+  Visits only brackets, quotes and backslashes (a regex finds them), so it is linear and
+  never recurses, whatever the nesting.
+  """
+  depth = top = 0
+  in_string, escaped_at = False, -1
+  for m in _TOKENS.finditer(text):
+    i, c = m.start(), m.group()
+    if i == escaped_at:
+      continue
+    if in_string:
+      if c == "\\":
+        escaped_at = i + 1
+      elif c == '"':
+        in_string = False
+    elif c == '"':
+      in_string = True
+    elif c in "[{":
+      depth += 1
+      top = max(top, depth)
+      if top > limit:
+        break
+    elif c in "]}":
+      depth -= 1
+  return top
+
+
+def _loads(text: str, max_depth: int, reason: str, what: str):
+  """json.loads for untrusted text: bounded depth and numbers, integers only, no
+  NaN/Infinity, no duplicate keys. Raises SubmissionError(reason)."""
+  if _LONG_DIGITS.search(text):
+    raise SubmissionError(reason, f"{what} holds a number longer than {_MAX_DIGITS} digits")
+  if (depth := _depth(text, max_depth)) > max_depth:
+    raise SubmissionError(reason, f"{what} nests deeper than {max_depth} (at least {depth})")
+  try:
+    return json.loads(text, parse_int=_short_int, parse_float=_no_float,
+                      parse_constant=_no_float, object_pairs_hook=_no_duplicates)
+  except (ValueError, RecursionError) as e:  # JSONDecodeError and _Reject are ValueErrors
+    raise SubmissionError(reason, f"{what} is not acceptable JSON ({e})") from None
+
+
+def _is_int(x, lo: int = 0, hi: int = 2**64 - 1) -> bool:
+  return type(x) is int and lo <= x <= hi
+
+
+def _check_entry(name: str, entry) -> None:
+  """Types of one tensor entry: {dtype: str, shape: [int32 >= 0], data_offsets: [a <= b]}."""
+  if not isinstance(entry, dict) or set(entry) != _ENTRY_KEYS:
+    raise SubmissionError("corrupt", f"header entry {name[:64]!r} is not "
+                          "{dtype, shape, data_offsets}")
+  shape, off = entry["shape"], entry["data_offsets"]
+  if not isinstance(entry["dtype"], str):
+    raise SubmissionError("corrupt", f"{name[:64]!r}: dtype is not a string")
+  if (not isinstance(shape, list) or len(shape) > _MAX_NDIM
+      or not all(_is_int(d, 0, _INT32_MAX) for d in shape)):
+    raise SubmissionError("corrupt", f"{name[:64]!r}: shape is not a list of int32 >= 0")
+  if (not isinstance(off, list) or len(off) != 2 or not all(_is_int(o) for o in off)
+      or off[0] > off[1]):
+    raise SubmissionError("corrupt", f"{name[:64]!r}: data_offsets is not [begin <= end]")
+
+
+def _header(data: bytes, layout: Layout) -> tuple[dict, int]:
+  """Parses and type-checks the safetensors JSON header -> (header, bytes of data after it).
+
+  Raises SubmissionError('truncated'/'oversize'/'corrupt').
+  """
   if len(data) < 8:
     raise SubmissionError("truncated", f"{len(data)} bytes is shorter than a header")
   n = int.from_bytes(data[:8], "little")
+  if n > (limit := header_limit(layout)):
+    raise SubmissionError("oversize", f"header of {n} bytes > limit {limit}")
   if n > len(data) - 8:
     raise SubmissionError("truncated", f"header of {n} bytes but only {len(data) - 8} follow")
   try:
-    header = json.loads(data[8:8 + n].decode("utf-8"))
-  except (UnicodeDecodeError, json.JSONDecodeError) as e:
-    raise SubmissionError("corrupt", f"header is not JSON ({e})") from None
+    text = bytes(data[8:8 + n]).decode("utf-8")
+  except UnicodeDecodeError as e:
+    raise SubmissionError("corrupt", f"header is not UTF-8 ({e})") from None
+  header = _loads(text, _MAX_DEPTH, "corrupt", "header")
   if not isinstance(header, dict):
     raise SubmissionError("corrupt", "header is not a JSON object")
-  end = max([_data_end(e) for name, e in header.items() if name != "__metadata__"], default=0)
-  if end > len(data) - 8 - n:
-    raise SubmissionError("truncated", f"tensor data ends at {end} but only "
-                          f"{len(data) - 8 - n} bytes follow the header")
-  return header
+  for name, entry in header.items():
+    if name != "__metadata__":
+      _check_entry(name, entry)
+  avail = len(data) - 8 - n
+  end = max([e["data_offsets"][1] for k, e in header.items() if k != "__metadata__"],
+            default=0)
+  if end > avail:
+    raise SubmissionError("truncated", f"tensor data ends at {end} but only {avail} bytes "
+                          "follow the header")
+  return header, avail
 
 
 def _int(meta: dict, key: str, lo: int = 0) -> int:
-  try:
-    v = json.loads(meta[key])
-  except (KeyError, TypeError, json.JSONDecodeError):
-    raise SubmissionError("bad_metadata", f"metadata '{key}' is missing or not JSON") from None
+  if not isinstance(meta.get(key), str):
+    raise SubmissionError("bad_metadata", f"metadata '{key}' is missing or not a string")
+  v = _loads(meta[key], 0, "bad_metadata", f"metadata '{key}'")
   if type(v) is not int or not lo <= v <= _INT32_MAX:
     raise SubmissionError("bad_metadata", f"metadata '{key}' = {v!r} is not an int32 >= {lo}")
   return v
@@ -211,16 +346,48 @@ def _metadata(header: dict, layout: Layout) -> tuple[int, int, np.ndarray]:
   meta = header.get("__metadata__")
   if not isinstance(meta, dict) or meta.get("format") != FORMAT:
     raise SubmissionError("bad_metadata", f"header metadata lacks format {FORMAT!r}")
+  if not all(isinstance(v, str) for v in meta.values()):
+    raise SubmissionError("bad_metadata", "metadata values must be strings")
   uid, window = _int(meta, "uid"), _int(meta, "window")
-  try:
-    pages = json.loads(meta["pages"])
-  except (KeyError, TypeError, json.JSONDecodeError):
-    raise SubmissionError("bad_metadata", "metadata 'pages' is missing or not JSON") from None
+  if not isinstance(meta.get("pages"), str):
+    raise SubmissionError("bad_metadata", "metadata 'pages' is missing or not a string")
+  pages = _loads(meta["pages"], 1, "bad_metadata", "metadata 'pages'")
   if (not isinstance(pages, list) or len(pages) != layout.n_pages
       or any(type(p) is not int or not 0 <= p <= _INT32_MAX for p in pages)):
-    raise SubmissionError("bad_metadata",
-                          f"metadata 'pages' must be {layout.n_pages} int32 >= 0, got {pages!r}")
+    raise SubmissionError("bad_metadata", f"metadata 'pages' must be {layout.n_pages} "
+                          f"int32 >= 0, got {str(pages)[:200]}")
   return uid, window, np.asarray(pages, np.int32).reshape(layout.n_pages)
+
+
+def _check_layout(header: dict, avail: int, size: int, layout: Layout) -> None:
+  """Header entries against the layout: names, dtypes, shapes, then contiguous offsets that
+  cover the data exactly (all before safetensors reads or allocates anything)."""
+  expected = _expected(layout)
+  names = set(header) - {"__metadata__"}
+  if unknown := sorted(names - set(expected)):
+    raise SubmissionError("unknown_tensor", f"unexpected tensor {unknown[0][:64]!r}")
+  if missing := sorted(set(expected) - names):
+    raise SubmissionError("missing_tensor", f"tensor {missing[0]!r} is absent")
+  for name, (dtype, shape, _) in expected.items():
+    got = header[name]
+    if got["dtype"] != dtype:
+      raise SubmissionError("wrong_dtype", f"{name}: dtype {got['dtype'][:16]!r}, "
+                            f"expected {dtype!r}")
+    if tuple(got["shape"]) != shape:
+      only_k = (name.startswith(("idx/", "val/")) and len(got["shape"]) == len(shape)
+                and tuple(got["shape"][:-1]) == shape[:-1])
+      raise SubmissionError("wrong_k" if only_k else "wrong_shape",
+                            f"{name}: shape {tuple(got['shape'])}, expected {shape}")
+  pos = 0
+  for name in sorted(expected, key=lambda k: header[k]["data_offsets"]):
+    begin, end = header[name]["data_offsets"]
+    if begin != pos or end - begin != expected[name][2]:
+      raise SubmissionError("corrupt", f"{name}: data_offsets [{begin}, {end}] do not "
+                            f"follow on at {pos} with {expected[name][2]} bytes")
+    pos = end
+  if pos != avail:
+    raise SubmissionError("oversize" if size > max_upload_bytes(layout) else "corrupt",
+                          f"{avail - pos} bytes follow the last tensor")
 
 
 def from_bytes(data: bytes, layout: Layout, *, uid: int | None = None,
@@ -233,35 +400,28 @@ def from_bytes(data: bytes, layout: Layout, *, uid: int | None = None,
   Raises:
     SubmissionError: for every malformed input, with a reason from `REASONS`.
   """
-  limit = layout.upload_bytes() + HEADER_SLACK
-  if len(data) > limit:
-    raise SubmissionError("oversize", f"{len(data)} bytes > limit {limit}")
-  header = _header(data)
+  # No size check first: the header read is bounded by `header_limit`, and the data after
+  # it must match the layout exactly, so an upload with a wrong dtype gets 'wrong_dtype',
+  # not 'oversize'. Readers bound the bytes they read with `max_upload_bytes`.
+  header, avail = _header(data, layout)
   meta_uid, meta_window, pages = _metadata(header, layout)
   if uid is not None and meta_uid != uid:
     raise SubmissionError("bad_metadata", f"uid {meta_uid} != expected {uid}")
   if window is not None and meta_window != window:
     raise SubmissionError("bad_metadata", f"window {meta_window} != expected {window}")
-  specs = layout.field_specs()
-  expected = {f"{f}/{n}": spec for f in FIELDS for n, spec in specs[f].items()}
-  names = set(header) - {"__metadata__"}
-  if unknown := sorted(names - set(expected)):
-    raise SubmissionError("unknown_tensor", f"unexpected tensor {unknown[0]!r}")
-  if missing := sorted(set(expected) - names):
-    raise SubmissionError("missing_tensor", f"tensor {missing[0]!r} is absent")
+  _check_layout(header, avail, len(data), layout)
   try:
-    arrays = safetensors.numpy.load(data)
+    arrays = safetensors.numpy.load(bytes(data))
   except Exception as e:  # the parser's own error types differ between versions
     raise SubmissionError("corrupt", f"safetensors could not parse the data ({e})") from None
-  for name, (shape, dtype) in expected.items():
-    a = arrays[name]
-    if a.dtype != dtype:
-      raise SubmissionError("wrong_dtype", f"{name}: dtype {a.dtype}, expected {dtype}")
-    if a.shape != shape:
-      only_k = (name.startswith(("idx/", "val/")) and a.ndim == len(shape)
-                and a.shape[:-1] == shape[:-1])
-      raise SubmissionError("wrong_k" if only_k else "wrong_shape",
-                            f"{name}: shape {a.shape}, expected {shape}")
+  # the header was checked with Python's json; safetensors parsed it again with its own:
+  # they must agree on every tensor (a disagreement is an attack on one of them)
+  expected = _expected(layout)
+  if set(arrays) != set(expected) or any(
+      (_ST_DTYPES.get(arrays[k].dtype), arrays[k].shape) != (d, s)
+      for k, (d, s, _) in expected.items()):
+    raise SubmissionError("corrupt", "safetensors read other tensors than the header names")
+  specs = layout.field_specs()
   sub = Submission(**{f: {n: arrays[f"{f}/{n}"] for n in specs[f]} for f in FIELDS},
                    uid=np.int32(meta_uid), window=np.int32(meta_window), pages=pages)
   if check:
@@ -276,11 +436,12 @@ def load_submission(path: str | os.PathLike, layout: Layout, **kwargs) -> Submis
     size = path.stat().st_size
   except OSError:
     raise SubmissionError("missing", f"{path} does not exist") from None
-  limit = layout.upload_bytes() + HEADER_SLACK
+  limit = max_upload_bytes(layout)
   if size > limit:  # before reading: a peer must not make the validator read gigabytes
     raise SubmissionError("oversize", f"{path}: {size} bytes > limit {limit}")
   try:
-    data = path.read_bytes()
+    with open(path, "rb") as f:
+      data = f.read(limit + 1)    # bounded even if the file grew since the stat
   except OSError as e:
     raise SubmissionError("missing", f"{path}: {e}") from None
   return from_bytes(data, layout, **kwargs)

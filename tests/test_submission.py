@@ -58,7 +58,14 @@ def test_round_trip_save_load_equals(tmp_path, quantize):
   jax.tree.map(lambda a, b: (a.dtype, a.shape) == (b.dtype, b.shape) or pytest.fail(), back,
                layout.abstract())
   assert back.quantized == quantize
-  assert path.stat().st_size <= layout.upload_bytes() + S.HEADER_SLACK
+  size = path.stat().st_size
+  assert size <= S.max_upload_bytes(layout)
+  # the header bound comes from the layout: a real header is well inside it, but not tiny
+  n = int.from_bytes(path.read_bytes()[:8], "little")
+  assert n <= S.header_limit(layout) < 3 * n + 4096 + 256
+  data_bytes = sum(np.prod(shp, dtype=int) * d.itemsize
+                   for spec in layout.field_specs().values() for shp, d in spec.values())
+  assert size == 8 + n + data_bytes
   assert not list(tmp_path.glob("*.tmp"))
 
 
@@ -68,10 +75,15 @@ def test_missing_and_oversize_files(tmp_path):
     S.load_submission(tmp_path / "absent", layout)
   assert e.value.reason == "missing"
   big = tmp_path / "big"
-  big.write_bytes(data + b" " * (S.HEADER_SLACK + 1))
+  big.write_bytes(data + b" " * (S.max_upload_bytes(layout) - len(data) + 1))
   with pytest.raises(S.SubmissionError) as e:
     S.load_submission(big, layout)
   assert e.value.reason == "oversize"
+  exact = tmp_path / "exact"               # one byte less: read, and rejected as corrupt
+  exact.write_bytes(data + b" " * (S.max_upload_bytes(layout) - len(data)))
+  with pytest.raises(S.SubmissionError) as e:
+    S.load_submission(exact, layout)
+  assert e.value.reason == "corrupt"
 
 
 def test_container_damage():

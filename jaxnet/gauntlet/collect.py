@@ -2,12 +2,15 @@
 
 Parsing never raises: each malformed upload becomes `struct_ok = False` with its
 `SubmissionError.reason`, and its slot is filled with zeros so that the pool keeps its
-static shape [N]. Value checks (index range, NaN/Inf) run vectorised inside the jitted
-round (`fast.format_ok`), so the reasons here are only the structural ones.
+static shape [N]. Any other exception while parsing one upload (a gap in the checks, or
+MemoryError) is that upload's 'corrupt' penalty too: no upload can stop a round. Value
+checks (index range, NaN/Inf) run vectorised inside the jitted round (`fast.format_ok`),
+so the reasons here are only the structural ones.
 """
 from __future__ import annotations
 
-from functools import partial
+import logging
+from functools import lru_cache, partial
 from typing import Sequence
 
 import jax
@@ -19,24 +22,64 @@ from jaxnet.gauntlet.validator import RoundInputs, ValidatorState, score_round
 from jaxnet.submission import Layout, Submission, SubmissionError, from_bytes
 
 
+log = logging.getLogger(__name__)
+
+
 def zeros_submission(layout: Layout) -> Submission:
   return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), layout.abstract())
 
 
-def parse_uploads(uploads: Sequence[bytes | None], layout: Layout, window: int):
-  """-> (stacked subs [N, ...], present [N], struct_ok [N], reasons [N] ('' if fine))."""
+@lru_cache(maxsize=32)
+def _template(layout: Layout):
+  want = layout.abstract()
+  return jax.tree.structure(want), [(s.shape, np.dtype(s.dtype)) for s in jax.tree.leaves(want)]
+
+
+def _conforms(sub, layout: Layout) -> bool:
+  """Same tree, shapes and dtypes as the layout's template (so the pool can be stacked)."""
+  treedef, leaves = _template(layout)
+  return jax.tree.structure(sub) == treedef and all(
+      (np.shape(a), np.asarray(a).dtype) == want for a, want in zip(jax.tree.leaves(sub), leaves))
+
+
+def parse_upload(data, layout: Layout, uid: int, window: int
+                 ) -> tuple[Submission | None, str, str]:
+  """One upload -> (submission or None, reason ('' if fine), message); never raises.
+
+  `data` is the object's bytes, None when absent, or a `SubmissionError` the fetch already
+  decided (e.g. 'oversize' when the storage refused to read an object over the bound).
+  """
+  if data is None:
+    return None, "missing", "no upload"
+  if isinstance(data, SubmissionError):
+    return None, data.reason, str(data)
+  try:
+    sub = from_bytes(data, layout, uid=uid, window=window, check=False)
+  except SubmissionError as e:
+    return None, e.reason, str(e)
+  except Exception as e:  # noqa: BLE001 -- anything else, MemoryError included, is a penalty
+    msg = f"parser raised {type(e).__name__}: {str(e)[:200]}"
+    log.warning("uid %d window %d: %s", uid, window, msg)
+    return None, "corrupt", msg
+  if not _conforms(sub, layout):
+    return None, "corrupt", "parsed submission does not match the layout"
+  return sub, "", ""
+
+
+def parse_uploads(uploads: Sequence, layout: Layout, window: int):
+  """-> (stacked subs [N, ...], present [N], struct_ok [N], reasons [N] ('' if fine)).
+
+  Each upload is bytes, None (missing) or a `SubmissionError` from the fetch (see
+  `parse_upload`); a fetch error counts as present (the peer did upload something).
+  """
   zero = zeros_submission(layout)
   subs, present, ok, reasons = [], [], [], []
   for uid, data in enumerate(uploads):
+    sub, reason, _ = parse_upload(data, layout, uid, window)
     present.append(data is not None)
-    if data is None:
-      subs.append(zero), ok.append(False), reasons.append("missing")
-      continue
-    try:
-      subs.append(from_bytes(data, layout, uid=uid, window=window, check=False))
-      ok.append(True), reasons.append("")
-    except SubmissionError as e:
-      subs.append(zero), ok.append(False), reasons.append(e.reason)
+    subs.append(zero if sub is None else sub)
+    ok.append(sub is not None)
+    reasons.append(reason)
   stacked = jax.tree.map(lambda *xs: np.stack(xs), *subs)
   return stacked, np.asarray(present), np.asarray(ok), reasons
 

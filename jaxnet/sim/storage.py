@@ -2,46 +2,102 @@
 
 Object names follow templar (gauntlet.md §1.2): `gradient-{w}-{uid}`, `debug-{w}-{uid}`.
 The timestamp is the storage's LastModified, set by the (simulated) clock at upload.
+
+Every storage belongs to one run (`run_id`): objects of another run, e.g. a previous run
+that used the same directory, are never listed or returned, so they cannot be scored in
+this run. Readers of untrusted objects pass `max_bytes`: the size is known before any
+byte is read, and the read stops at `max_bytes + 1` bytes even if the object grows.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
+import uuid
 from pathlib import Path
 from typing import Protocol
 
+# plain names only: no '/', no leading '.', so never '..' or a path out of the run
+_PLAIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_SIDECARS = (".time", ".tmp")   # suffixes the local backend keeps for itself
+_TIME_BYTES = 64                # a timestamp sidecar is one JSON float
+
+
+class ObjectTooLarge(Exception):
+  """`get(name, max_bytes)` found an object larger than `max_bytes`; nothing was returned.
+
+  `size` is the size seen (at least `max_bytes + 1`), `timestamp` the object's upload time.
+  """
+
+  def __init__(self, name: str, size: int, max_bytes: int, timestamp: float | None):
+    super().__init__(f"object {name!r}: {size} bytes > limit {max_bytes}")
+    self.name, self.size, self.max_bytes, self.timestamp = name, size, max_bytes, timestamp
+
 
 class Storage(Protocol):
+  run_id: str
+
   def put(self, name: str, data: bytes, timestamp: float) -> None: ...
-  def get(self, name: str) -> tuple[bytes, float] | None: ...
+  def get(self, name: str, max_bytes: int | None = None) -> tuple[bytes, float] | None: ...
   def names(self) -> list[str]: ...
 
 
+def check_run_id(run_id: str) -> str:
+  if not isinstance(run_id, str) or not _PLAIN.fullmatch(run_id):
+    raise ValueError(f"run id {run_id!r} must be 1-128 of [A-Za-z0-9._-], starting with a "
+                     "letter or digit")
+  return run_id
+
+
+def check_name(name: str) -> str:
+  if not isinstance(name, str) or not _PLAIN.fullmatch(name) or name.endswith(_SIDECARS):
+    raise ValueError(f"storage object name {name!r} must be a plain name of [A-Za-z0-9._-], "
+                     f"starting with a letter or digit and not ending in {_SIDECARS}")
+  return name
+
+
+def new_run_id() -> str:
+  return "run-" + uuid.uuid4().hex[:16]
+
+
+def _check_bound(max_bytes: int | None) -> None:
+  if max_bytes is not None and (type(max_bytes) is not int or max_bytes < 0):
+    raise ValueError(f"max_bytes must be an int >= 0 or None, got {max_bytes!r}")
+
+
 class MemoryStorage:
-  def __init__(self):
-    self._objects: dict[str, tuple[bytes, float]] = {}
+  """Objects in a dict keyed by (run id, name); `objects` may be shared between runs."""
+
+  def __init__(self, run_id: str | None = None,
+               objects: dict[tuple[str, str], tuple[bytes, float]] | None = None):
+    self.run_id = check_run_id(new_run_id() if run_id is None else run_id)
+    self._objects = {} if objects is None else objects
 
   def put(self, name: str, data: bytes, timestamp: float) -> None:
-    self._objects[name] = (bytes(data), float(timestamp))
+    self._objects[(self.run_id, check_name(name))] = (bytes(data), float(timestamp))
 
-  def get(self, name: str) -> tuple[bytes, float] | None:
-    return self._objects.get(name)
+  def get(self, name: str, max_bytes: int | None = None) -> tuple[bytes, float] | None:
+    _check_bound(max_bytes)
+    got = self._objects.get((self.run_id, check_name(name)))
+    if got is not None and max_bytes is not None and len(got[0]) > max_bytes:
+      raise ObjectTooLarge(name, len(got[0]), max_bytes, got[1])
+    return got
 
   def names(self) -> list[str]:
-    return sorted(self._objects)
+    return sorted(n for r, n in self._objects if r == self.run_id)
 
 
 class LocalDirStorage:
-  """One file per object plus a `.time` sidecar; writes are atomic (temp file + rename)."""
+  """`directory/<run id>/<name>` per object plus a `.time` sidecar; writes are atomic
+  (temp file + rename)."""
 
-  def __init__(self, directory: str | Path):
-    self.directory = Path(directory)
+  def __init__(self, directory: str | Path, run_id: str | None = None):
+    self.run_id = check_run_id(new_run_id() if run_id is None else run_id)
+    self.directory = Path(directory) / self.run_id
     self.directory.mkdir(parents=True, exist_ok=True)
 
   def _path(self, name: str) -> Path:
-    if "/" in name or name.startswith("."):
-      raise ValueError(f"storage object name {name!r} must be a plain file name")
-    return self.directory / name
+    return self.directory / check_name(name)
 
   def put(self, name: str, data: bytes, timestamp: float) -> None:
     path = self._path(name)
@@ -51,20 +107,42 @@ class LocalDirStorage:
     meta = path.with_name(path.name + ".time")
     meta.write_text(json.dumps(float(timestamp)))
 
-  def get(self, name: str) -> tuple[bytes, float] | None:
-    path = self._path(name)
-    meta = path.with_name(path.name + ".time")
-    if not path.exists() or not meta.exists():
+  def _timestamp(self, path: Path) -> float | None:
+    try:
+      with open(path.with_name(path.name + ".time"), "rb") as f:
+        return float(json.loads(f.read(_TIME_BYTES)))
+    except (OSError, ValueError, TypeError):
       return None
-    return path.read_bytes(), float(json.loads(meta.read_text()))
+
+  def get(self, name: str, max_bytes: int | None = None) -> tuple[bytes, float] | None:
+    _check_bound(max_bytes)
+    path = self._path(name)
+    timestamp = self._timestamp(path)
+    if timestamp is None:
+      return None
+    try:
+      with open(path, "rb") as f:
+        if max_bytes is None:
+          return f.read(), timestamp
+        size = os.fstat(f.fileno()).st_size      # known before a byte is read
+        if size > max_bytes:
+          raise ObjectTooLarge(name, size, max_bytes, timestamp)
+        data = f.read(max_bytes + 1)             # bounded even if the file grew
+    except FileNotFoundError:
+      return None
+    if len(data) > max_bytes:
+      raise ObjectTooLarge(name, len(data), max_bytes, timestamp)
+    return data, timestamp
 
   def names(self) -> list[str]:
     return sorted(p.name for p in self.directory.iterdir()
-                  if not p.name.endswith((".time", ".tmp")))
+                  if not p.name.endswith(_SIDECARS))
 
 
-def make_storage(spec: str) -> Storage:
-  return MemoryStorage() if spec == "memory" else LocalDirStorage(spec)
+def make_storage(spec: str, run_id: str | None = None) -> Storage:
+  """"memory", or a directory for the local backend; objects live under `run_id` (a fresh
+  unique id when None, so nothing from an earlier run is ever visible)."""
+  return MemoryStorage(run_id) if spec == "memory" else LocalDirStorage(spec, run_id)
 
 
 def gradient_name(window: int, uid: int) -> str:
