@@ -45,10 +45,34 @@ def digests(tree) -> dict[str, str]:
   return out
 
 
+def _host_local(x) -> bool:
+  """A leaf that lives on this process only (numpy, or a jax array on local devices) while
+  several processes run: the simulator keeps every process's copy of its state local."""
+  return jax.process_count() > 1 and not (isinstance(x, jax.Array) and not x.is_fully_addressable)
+
+
+def _everywhere():
+  mesh = jax.sharding.Mesh(np.array(jax.devices()), ("all",))
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+
+def _lift(tree):
+  """Host-local leaves (identical on every process) -> global replicated arrays, which is
+  what Orbax saves under jax.distributed; identity for one process."""
+  def one(x):
+    if not _host_local(x):
+      return x
+    if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+      return jax.random.wrap_key_data(one(jax.random.key_data(x)), impl=jax.random.key_impl(x))
+    a = np.asarray(x)
+    return jax.make_array_from_callback(a.shape, _everywhere(), lambda idx: a[idx])
+  return jax.tree.map(one, tree)
+
+
 def abstract_like(tree):
   """ShapeDtypeStructs carrying each leaf's current sharding (topology-safe restore)."""
   def one(x):
-    sharding = getattr(x, "sharding", None)
+    sharding = _everywhere() if _host_local(x) else getattr(x, "sharding", None)
     return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
   return jax.tree.map(one, tree)
 
@@ -108,6 +132,7 @@ class Checkpointer:
     return self.every > 0 and step % self.every == 0
 
   def save(self, step: int, state: Any, meta: dict | None = None) -> None:
+    state = _lift(state)
     meta = dict(meta or {}, step=int(step), compat=self.compat, digests=digests(state))
     self._mngr.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
@@ -141,6 +166,9 @@ class Checkpointer:
                             f"corrupt or of another shape ({type(e).__name__}: {_first_line(e)})") from None
     _check_same_structure(restored, target, f"{self.directory}/{step}")
     _check_digests(restored, meta.get("digests"), f"{self.directory}/{step}")
+    # leaves the caller keeps host-local come back as this process's copy
+    restored = jax.tree.map(lambda r, t: r.addressable_shards[0].data if _host_local(t) else r,
+                            restored, target)
     return restored, meta
 
   def close(self) -> None:

@@ -29,8 +29,9 @@ from jaxnet.gauntlet import collect, fast
 from jaxnet.gauntlet.validator import ValidatorState, init_state as init_validator
 from jaxnet.rundir import RunDir
 from jaxnet.sim import adversaries
-from jaxnet.sim.storage import debug_name, gradient_name, make_storage
-from jaxnet.submission import Submission
+from jaxnet.sim.storage import ObjectTooLarge, debug_name, gradient_name, make_storage
+from jaxnet.submission import Submission, SubmissionError, max_upload_bytes
+from jaxnet.train import check_vocab
 
 WINDOW_S = 96.0          # 8 blocks x 12 s (gauntlet.md §1.1)
 WRONG_DATA_SHIFT = 100_003  # wrong-data peers train on pages of a far-away window
@@ -58,20 +59,24 @@ class NetState(NamedTuple):
 class Network:
   """Builds the jitted pieces once; `run_round(state)` advances one round."""
 
-  def __init__(self, cfg: Config, devices=None, run_id: str = "run"):
+  def __init__(self, cfg: Config, devices=None, run_id: str | None = None):
     from jaxnet import data as jdata
     self.cfg = cfg
     self.run_id = run_id
     self.behaviours = cfg.sim.behaviours()
     self.n = len(self.behaviours)
     self.corpus = jdata.load_corpus(cfg.data)
-    devs = list(devices or jax.devices())
+    check_vocab(cfg, self.corpus)
+    # Every process simulates the whole network on its own devices (the host loop reads every
+    # upload), identically; under jax.distributed only process 0 writes (RunDir).
+    devs = list(devices or jax.local_devices())
     size = max(d for d in range(1, len(devs) + 1) if self.n % d == 0)
     self.mesh = shd.make_mesh("peer", size if cfg.mesh.peer == -1 else min(cfg.mesh.peer, size), devs)
     self.layout = demo.make_layout(jmodel.abstract_params(cfg.model), cfg.demo,
                                    n_pages=cfg.data.pages_per_window)
     self.validator = collect.Validator(cfg, self.layout, self.n, self.mesh)
-    self.storage = make_storage(cfg.sim.storage)
+    # objects live under this run's id: another run's uploads in a reused directory are unseen
+    self.storage = make_storage(cfg.sim.storage, run_id=run_id)
     self.desync = np.array([b == "desync" for b in self.behaviours])
     self._peers = partial(_peers_round, layout=self.layout, cfg=cfg, mesh=self.mesh)
     self._peers_one_device = partial(_peers_round, layout=self.layout, cfg=cfg, mesh=None)
@@ -146,17 +151,27 @@ class Network:
   def validator_inputs(self, w: int, salt: int = 0):
     """What the validator reads for round w: only the storage, plus its own data."""
     n, boundary = self.n, (w + 1) * WINDOW_S
-    got = [self.storage.get(gradient_name(w, u)) for u in range(n)]
+    limit = max_upload_bytes(self.layout)   # bounded before anything is read
+    got = [self._fetch(gradient_name(w, u), limit) for u in range(n)]
     data = [g[0] if g else None for g in got]
     times = np.array([g[1] - boundary if g else np.inf for g in got], np.float32)
-    dbg = [self.storage.get(debug_name(w, u)) for u in range(n)]
     k = fast.probe_size(self.layout)
+    dbg = [self._fetch(debug_name(w, u), 4 * k) for u in range(n)]
+    dbg = [None if d is None or isinstance(d[0], SubmissionError) else d for d in dbg]
     probes = np.stack([_parse_probe(d[0], k) if d else np.zeros(k, np.float32) for d in dbg])
     probe_present = np.array([d is not None and len(d[0]) == 4 * k for d in dbg])
     own_b, rand_b = collect.round_batches(self.corpus, n, w, self.cfg.gauntlet.sample_rate,
                                           self.cfg.sim.seed, salt)
     return self.validator.inputs(data, times, probes, probe_present, self.ledger.miner_stake(),
                                  own_b, rand_b, w)
+
+  def _fetch(self, name: str, max_bytes: int):
+    """(bytes, time), None when absent, or (SubmissionError('oversize'), time) when larger
+    than `max_bytes`: the peer's penalty, still timed, never read."""
+    try:
+      return self.storage.get(name, max_bytes=max_bytes)
+    except ObjectTooLarge as e:
+      return SubmissionError("oversize", str(e)), e.timestamp
 
   def round_key(self, w: int, salt: int = 0):
     return jax.random.fold_in(jax.random.fold_in(jax.random.key(self.cfg.sim.seed), w), salt)
