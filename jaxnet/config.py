@@ -24,22 +24,23 @@ from jaxnet.gauntlet.config import GauntletConfig
 from jaxnet.ledger.config import LedgerConfig
 from jaxnet.sim.config import SimConfig, require as _require, static_config as _static
 
-__all__ = ["ConfigError", "Config", "load_config", "parse_overrides", "config_from_dict", "to_dict"]
+__all__ = ["ConfigError", "Config", "load_config", "parse_overrides", "config_from_dict", "to_dict",
+           "to_yaml", "describe_fields", "FieldInfo"]
 
 
 @_static
 class ModelConfig:
   """LLaMA-style decoder (gauntlet.md §2.1). Defaults are the `tiny` test model."""
   vocab_size: int = 257          # byte tokenizer: 256 bytes + EOS/pad
-  d_model: int = 64
-  n_layers: int = 2
-  n_heads: int = 4
+  d_model: int = 64              # hidden width
+  n_layers: int = 2              # decoder blocks
+  n_heads: int = 4               # attention heads (no GQA); head dim must be even for RoPE
   d_ff: int = 172                # SwiGLU hidden width
-  max_seq_len: int = 64
+  max_seq_len: int = 64          # context the model is built for; bounds data.seq_len
   rope_theta: float = 1e4        # HF LlamaConfig default (spec §2.1)
   norm_eps: float = 1e-6         # HF LlamaConfig rms_norm_eps default
   init_std: float = 0.02         # HF LlamaConfig initializer_range
-  compute_dtype: Literal["float32", "bfloat16"] = "float32"
+  compute_dtype: Literal["float32", "bfloat16"] = "float32"  # matmul dtype; params stay float32
   remat: bool = False            # jax.checkpoint each scanned block
 
   def __post_init__(self):
@@ -75,23 +76,22 @@ class DataConfig:
 @_static
 class TrainConfig:
   """Centralised AdamW baseline (gauntlet.md §2.3, jax.md §4.4 constants)."""
-  optimizer: Literal["adamw", "demo"] = "adamw"
-  steps: int = 20
+  optimizer: Literal["adamw", "demo"] = "adamw"  # centralised AdamW, or DeMo across train.peers
+  steps: int = 20                # optimizer steps (DeMo: rounds)
   batch_size: int = 8            # global sequences per step
   microbatch: int = 0            # sequences per gradient-accumulation step; 0 = batch_size
-  lr: float = 1e-3
-  warmup_steps: int = 5
+  lr: float = 1e-3               # AdamW peak learning rate
+  warmup_steps: int = 5          # linear warm-up, then cosine decay to min_lr_ratio
   min_lr_ratio: float = 0.1      # cosine floor, as alpha_f = 0.1 in the DeMo/OLMo configs
-  b1: float = 0.9
-  b2: float = 0.95
-  weight_decay: float = 0.1
-  grad_clip: float = 1.0
-  seed: int = 0
+  b1: float = 0.9                # AdamW beta1
+  b2: float = 0.95               # AdamW beta2
+  weight_decay: float = 0.1      # AdamW decoupled weight decay
+  grad_clip: float = 1.0         # global gradient-norm clip
+  seed: int = 0                  # parameter initialisation (all modes, the simulator too)
   peers: int = 8                 # decentralised mode: simulated peers per round
   compare_baseline: bool = True  # decentralised mode: also run AdamW on the same tokens/round
   eval_every: int = 0            # validation loss every N steps; 0 = never
-  log_every: int = 1
-  out_dir: str = "runs/tiny"
+  out_dir: str = "runs/tiny"     # run directory: metrics, checkpoints, figures
 
   def __post_init__(self):
     _require(self.steps > 0, "train.steps", "must be positive")
@@ -110,8 +110,8 @@ class TrainConfig:
 @_static
 class MeshConfig:
   """Device mesh. -1 takes all devices for that axis."""
-  data: int = -1
-  peer: int = 1
+  data: int = -1                 # devices on the data axis; -1 = all
+  peer: int = 1                  # devices on the peer axis (simulated peers, LossScore)
 
 
 @_static
@@ -119,7 +119,7 @@ class CheckpointConfig:
   """Orbax CheckpointManager settings (jax.md §2.6)."""
   dir: str = ""                  # "" = <train.out_dir>/checkpoints
   every: int = 0                 # save every N steps; 0 = only at the end
-  keep: int = 3                  # max_to_keep
+  keep: int = 3                  # checkpoints kept (Orbax max_to_keep)
   # auto: resume from the latest checkpoint if the directory has one, else start fresh;
   # required: error when there is none; never: always start fresh (overwrites nothing).
   resume: Literal["auto", "required", "never"] = "auto"
@@ -136,19 +136,19 @@ class DemoConfig:
   topk: int = 32                 # topk_compression, per chunk
   chunk: int = 64                # target_chunk: largest divisor <= 64 per dimension
   quantize: bool = True          # 8-bit values, 256 bins, 6 sigma (reference commit)
-  quant_bins: int = 256
-  quant_range: float = 6.0
+  quant_bins: int = 256          # quantization bins (uint8 only)
+  quant_range: float = 6.0       # quantization range in standard deviations
   ef_warmup: int = 5             # first calls skip error feedback (§18 row 10b)
   weight_decay: float = 0.0      # lambda at the reference commit
   lr: float = 4e-4               # outer sign-SGD step size eta
   warmup: int = 250              # windows of linear warm-up from 0.1x (§5.4)
   t0: int = 20000                # cosine with warm restarts, first period (§5.4)
-  t_mult: int = 2
-  min_lr_factor: float = 0.1
+  t_mult: int = 2                # period multiplier of each restart (§5.4)
+  min_lr_factor: float = 0.1     # cosine floor as a fraction of lr (§5.4)
   norm_eps: float = 1e-8         # per-chunk L2 normalisation epsilon (§5.1)
-  normalisation: Literal["chunk", "tensor", "none"] = "chunk"
-  collision: Literal["mean", "sum"] = "mean"
-  apply_sign: bool = True
+  normalisation: Literal["chunk", "tensor", "none"] = "chunk"  # L2 norm of peer values (§18 row 1)
+  collision: Literal["mean", "sum"] = "mean"  # reduce of peers that hit one index (§18 row 1)
+  apply_sign: bool = True        # sign of the aggregate in the outer step (§18 row 1)
   peer_batch: int = 1            # lax.map batch size over the peer axis
 
   def __post_init__(self):
@@ -162,6 +162,7 @@ class DemoConfig:
 
 @_static
 class Config:
+  """The whole config tree: one section per subsystem."""
   model: ModelConfig = field(default_factory=ModelConfig)
   data: DataConfig = field(default_factory=DataConfig)
   train: TrainConfig = field(default_factory=TrainConfig)
@@ -218,7 +219,7 @@ def _check_type(value: Any, tp: Any, name: str) -> Any:
       return tuple(_check_type(v, args[0], f"{name}[{i}]") for i, v in enumerate(value))
     if len(args) != len(value):
       raise ConfigError(f"{name}: expected {len(args)} items, got {len(value)}")
-    return tuple(_check_type(v, a, f"{name}[{i}]") for i, (v, a) in enumerate(zip(args, value)))
+    return tuple(_check_type(v, a, f"{name}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
   if tp is bool:
     if not isinstance(value, bool):
       raise ConfigError(f"{name}: expected true/false, got {value!r}")
@@ -325,3 +326,77 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
 
 def to_dict(cfg: Any) -> dict:
   return dataclasses.asdict(cfg)
+
+
+class _Dumper(yaml.SafeDumper):
+  """Block mappings, flow lists: `peers: [honest:6, noise:1]` reads like the shipped configs."""
+
+
+def _flow_seq(dumper, value):
+  return dumper.represent_sequence("tag:yaml.org,2002:seq", list(value), flow_style=True)
+
+
+_Dumper.add_representer(tuple, _flow_seq)
+_Dumper.add_representer(list, _flow_seq)
+
+
+def to_yaml(cfg: Any) -> str:
+  """The config as YAML that `load_config` reads back to an equal config."""
+  return yaml.dump(to_dict(cfg), Dumper=_Dumper, sort_keys=False, allow_unicode=True)
+
+
+# --------------------------------------------------------------------------- description
+
+class FieldInfo(typing.NamedTuple):
+  """One leaf field of the config tree, as `jaxnet train --help` lists it."""
+  name: str       # dotted, e.g. "gauntlet.rating.beta"
+  type: str       # e.g. "int", "float", "adamw|demo", "list[str]"
+  default: str    # YAML spelling of the default
+  doc: str        # the field's comment in its dataclass (configbase.field_docs)
+  section: str    # dotted name of the section that holds it, e.g. "gauntlet.rating"
+
+
+def type_name(tp: Any) -> str:
+  """Short spelling of a field's type hint for help text."""
+  origin, args = typing.get_origin(tp), typing.get_args(tp)
+  if origin is Literal:
+    return "|".join(str(a) for a in args)
+  if origin is tuple:
+    if len(args) == 2 and args[1] is Ellipsis:
+      return f"list[{type_name(args[0])}]"
+    return "[" + ", ".join(type_name(a) for a in args) + "]"
+  if origin in (typing.Union, types.UnionType):
+    return " | ".join("null" if a is type(None) else type_name(a) for a in args)
+  return "bool" if tp is bool else getattr(tp, "__name__", str(tp))
+
+
+def _yaml_scalar(value: Any) -> str:
+  text = yaml.dump(value, Dumper=_Dumper, width=1 << 16, allow_unicode=True)
+  return text.strip().removesuffix("...").strip()
+
+
+def describe_fields(cls: type = None, prefix: str = "") -> list[FieldInfo]:
+  """Every leaf field of the config tree with type, default and doc: a section's own fields
+  in declaration order, then its subsections."""
+  from jaxnet.configbase import field_docs
+  cls = cls or Config
+  hints, docs, default = typing.get_type_hints(cls), field_docs(cls), cls()
+  out, nested = [], []
+  for f in dataclasses.fields(cls):
+    tp = hints[f.name]
+    if dataclasses.is_dataclass(tp):
+      nested += describe_fields(tp, f"{prefix}{f.name}.")
+    else:
+      out.append(FieldInfo(prefix + f.name, type_name(tp), _yaml_scalar(getattr(default, f.name)),
+                           docs.get(f.name, ""), prefix.rstrip(".")))
+  return out + nested
+
+
+def section_docs(cls: type = None, prefix: str = "") -> dict[str, str]:
+  """Dotted section name -> first line of its dataclass docstring ("" = the root)."""
+  cls = cls or Config
+  out = {prefix.rstrip("."): (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""}
+  for f, tp in typing.get_type_hints(cls).items():
+    if dataclasses.is_dataclass(tp):
+      out.update(section_docs(tp, f"{prefix}{f}."))
+  return out

@@ -77,3 +77,21 @@ def test_1p2b_parameter_count_without_allocating():
   # spec §2.1: 131.07 M embedding + output, 67.1 M per layer x 16
   D, V, F, L = 2048, 32000, 8192, 16
   assert n == 2 * V * D + L * (4 * D * D + 3 * D * F + 2 * D) + D
+
+
+def test_fixed_length_tuples_load_from_yaml():
+  # tuple[float, float] used to zip (types, values) the wrong way round and reject any value
+  cfg = load_config(None, ["--sim.honest_upload_s", "[1, 2.5]"])
+  assert cfg.sim.honest_upload_s == (1.0, 2.5)
+  with pytest.raises(ConfigError, match=r"^sim.honest_upload_s: expected 2 items"):
+    load_config(None, ["--sim.honest_upload_s", "[1, 2, 3]"])
+  with pytest.raises(ConfigError, match=r"^sim.honest_upload_s\[1\]: expected a number"):
+    load_config(None, ["--sim.honest_upload_s", "[1, x]"])
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_to_yaml_reads_back_to_the_same_config(path):
+  import yaml
+  from jaxnet.config import config_from_dict, to_yaml
+  cfg = load_config(path)
+  assert config_from_dict(yaml.safe_load(to_yaml(cfg))) == cfg

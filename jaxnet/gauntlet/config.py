@@ -45,10 +45,10 @@ class GauntletConfig:
   slash_inactive: float = 0.75           # per inactive window (§7.1)
   slash_missing: float = 0.75            # gather peer skipped / evaluated peer missing or late
   slash_desync: float = 0.75             # debug dict missing or x > sync_max_steps_behind (§7.2)
-  gather_slash_threshold: float = 0.0    # §7.3 post-paper: zero skipped peers if the gather
-                                         # success rate < this; 0 = off (reference commit)
+  gather_slash_threshold: float = 0.0    # §7.3 post-paper: skipped gather peers get x 0, not
+                                         # x slash_missing, when the round's gather success
+                                         # rate is below this; 0 = off (reference commit)
   score_floor: float = 1e-4              # F < floor after a slash -> 0 (§14 HEAD, §18 row 10g)
-  penalise_page_mismatch: float = 0.0    # §18 row 10e: slash factor; 0.0 = log only
 
   # --- uptime and inactivity (§6, §7.1)
   recent_windows: int = 5                # active = an upload in [current - 5, current]
@@ -68,8 +68,10 @@ class GauntletConfig:
   eval_lr_factor: float = 0.2            # e in theta - eta * e * sign(delta)
   eval_apply_sign: bool = True           # §18 row 3: sign step (immune to magnitude gaming)
   sample_rate: float = 0.1               # fraction of batches evaluated, at least 1
-  score_source: Literal["random", "assigned", "both"] = "random"  # §18 row 2
-  relative_improvement: bool = True      # §9.2 step 6: (L_before - L_after) / L_before
+  score_source: Literal["random", "assigned", "both"] = "random"  # §18 row 2: the score the
+                                         # match ranks: r_rand, r_own or their mean
+  relative_improvement: bool = True      # §9.2 step 6: r = (L_before - L_after) / L_before;
+                                         # false: the absolute L_before - L_after (§18 row 2)
   score_mode: Literal["exact", "first_order"] = "exact"  # exact losses or a linearisation
   eval_batch: int = 1                    # lax.map batch size over evaluated peers
 
@@ -81,12 +83,12 @@ class GauntletConfig:
   # --- LossRating and final score (§11, §18 rows 5, 10f)
   rating: RatingParams = field(default_factory=RatingParams)  # beta 7, tau 0.1, mu 25, ...
   score_statistic: Literal["ordinal", "mu"] = "ordinal"       # §18 row 5 (#270: ordinal)
-  carry_unmatched_scores: bool = False   # §18 row 10f: drop a lone evaluated peer's score
+  carry_unmatched_scores: bool = False   # §18 row 10f: false drops the score of a peer scored
+                                         # alone; true carries it into the next match (reference)
 
-  # --- weights (§12, §18 row 6)
+  # --- weights (§12, §18 row 6; the simulator sets them before every ledger epoch)
   power: float = 2.2                     # power_normalisation p: w = F^p / sum F^p
   weight_min_sum: float = 1e-8           # all weights 0 when sum F^p < 1e-8
-  windows_per_weights: int = 50          # on-chain set_weights period
 
   # --- gather peers (§13)
   gather_size: int = 15                  # max_topk_peers G
@@ -94,11 +96,12 @@ class GauntletConfig:
   peer_replacement_frequency: int = 5    # refresh every 5 windows
   peer_list_window_margin: int = 2       # a refreshed list takes effect 2 windows later
 
-  # --- clock and put window (§1)
-  blocks_per_window: int = 8
-  put_window_s: float = 10.0             # time_window_delta_seconds
-  validator_offset: int = 2              # round s is processed once current >= s + 2 (§6)
-  fast_scope: Literal["gather_evaluated", "all_active"] = "gather_evaluated"  # §18 row 7
+  # --- put window (§1.3, §1.4: the simulator's round is one window; it has no block clock)
+  put_window_s: float = 10.0             # time_window_delta_seconds: uploads count only at
+                                         # 0 <= offset <= this after the window boundary
+  # §18 row 7: whom the skipped-upload and desync slashes hit: the gather peers (reference)
+  # or every active uid (the evaluated peers have their own missing/late slash either way)
+  fast_scope: Literal["gather_evaluated", "all_active"] = "gather_evaluated"
 
   # --- index-overlap copy detection (§14, §16, §18 row 4; templar PR #382/#435, post-paper)
   overlap_detection: bool = False        # off by default: not part of the paper's Gauntlet
@@ -112,18 +115,16 @@ class GauntletConfig:
   overlap_size_weight: Literal["indices", "elements"] = "indices"
 
   def __post_init__(self):
-    for name in ("slash_inactive", "slash_missing", "slash_desync", "penalise_page_mismatch",
-                 "overlap_slash", "gather_slash_threshold"):
+    for name in ("slash_inactive", "slash_missing", "slash_desync", "overlap_slash",
+                 "gather_slash_threshold"):
       value = getattr(self, name)
       require(0.0 <= value <= 1.0, f"gauntlet.{name}", f"must be in [0, 1], got {value}")
     require(self.score_floor >= 0.0, "gauntlet.score_floor", "must be >= 0")
     for name in ("recent_windows", "reset_inactivity_windows", "num_evaluation_bins",
-                 "gather_size", "minimum_peers", "peer_replacement_frequency",
-                 "windows_per_weights", "blocks_per_window", "eval_batch"):
+                 "gather_size", "minimum_peers", "peer_replacement_frequency", "eval_batch"):
       value = getattr(self, name)
       require(value > 0, f"gauntlet.{name}", f"must be positive, got {value}")
-    for name in ("uids_per_window", "peer_list_window_margin", "validator_offset",
-                 "overlap_timeout_windows"):
+    for name in ("uids_per_window", "peer_list_window_margin", "overlap_timeout_windows"):
       value = getattr(self, name)
       require(value >= 0, f"gauntlet.{name}", f"must be >= 0, got {value}")
     require(self.candidate_stake_cap >= 0, "gauntlet.candidate_stake_cap", "must be >= 0")

@@ -7,6 +7,8 @@ round's aggregate and η_t the round's learning rate:
   r_own  = (L(θ; D_k) − L(θ'_k; D_k)) / L(θ; D_k)                (§9.2 step 6)
   r_rand = (L(θ; R)   − L(θ'_k; R))   / L(θ; R)
 
+(`relative=False`, gauntlet.relative_improvement: the absolute differences, §18 row 2.)
+
 L(θ; R) on the round's shared random batch is computed once per round. Per peer the
 exact mode runs 3 forward passes (own before, own after, random after). The logic is
 written for one peer and lifted with `lax.map` (batch size `eval_batch`, so memory stays
@@ -54,14 +56,16 @@ def _tree_vdot(a, b):
              for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
-def _rel(before, after):
+def _rel(before, after, relative: bool = True):
+  if not relative:   # the absolute loss change (§18 row 2)
+    return before - after
   # relative improvement, normalised by the "before" loss only (§9.2 step 6)
   return (before - after) / jnp.maximum(before, 1e-12)
 
 
 def score_peers(params, subs_P: Submission, own_PxBxL: dict, rand_BxL: dict, step_size, *,
                 layout: Layout, model_cfg: ModelConfig, eval_batch: int = 1,
-                mode: str = "exact", apply_sign: bool = True,
+                mode: str = "exact", apply_sign: bool = True, relative: bool = True,
                 mesh: jax.sharding.Mesh | None = None) -> LossScores:
   """LossScore of P peers in one call (jit it; see the module docstring).
 
@@ -71,6 +75,7 @@ def score_peers(params, subs_P: Submission, own_PxBxL: dict, rand_BxL: dict, ste
     own_PxBxL: each peer's sampled assigned batch (inputs/targets/mask [P, B, L]).
     rand_BxL: the round's shared random batch.
     step_size: η_t · eval_lr_factor.
+    relative: r = (before − after) / before; False gives before − after.
   """
   loss = lambda p, b: jmodel.loss_fn(p, b, model_cfg)
   if mode == "first_order":
@@ -98,14 +103,15 @@ def score_peers(params, subs_P: Submission, own_PxBxL: dict, rand_BxL: dict, ste
                           out_specs=(P("peer"), P("peer"), P("peer")), check_vma=False)
   own_before, own_after, rand_after = local(params, grad_rand, subs_P, own_PxBxL)
   return LossScores(own_before, own_after, rand_before, rand_after,
-                    _rel(own_before, own_after), _rel(rand_before, rand_after))
+                    _rel(own_before, own_after, relative), _rel(rand_before, rand_after, relative))
 
 
 def score_one(params, sub: Submission, own_BxL: dict, rand_BxL: dict, step_size, *,
-              layout: Layout, model_cfg: ModelConfig, apply_sign: bool = True):
+              layout: Layout, model_cfg: ModelConfig, apply_sign: bool = True,
+              relative: bool = True):
   """The reference procedure for one peer (what the per-peer loop benchmark calls)."""
   loss = lambda p, b: jmodel.loss_fn(p, b, model_cfg)
   after = eval_params(params, sub, step_size, layout, apply_sign)
   own_before, rand_before = loss(params, own_BxL), loss(params, rand_BxL)
   own_after, rand_after = loss(after, own_BxL), loss(after, rand_BxL)
-  return _rel(own_before, own_after), _rel(rand_before, rand_after)
+  return _rel(own_before, own_after, relative), _rel(rand_before, rand_after, relative)

@@ -55,12 +55,12 @@ class RatingParams:
   openskill defaults it inherits (§11.1); z = 3 gives the ordinal mu - 3 sigma (§11.2 step 8,
   §18 row 5). openskill's own defaults are beta = 25/6, tau = 25/300.
   """
-  beta: float = 7.0
-  tau: float = 0.1
-  mu0: float = 25.0
-  sigma0: float = 25.0 / 3.0
-  kappa: float = 1e-4
-  z: float = 3.0
+  beta: float = 7.0              # performance noise (openskill default 25/6)
+  tau: float = 0.1               # sigma added per match (openskill default 25/300)
+  mu0: float = 25.0              # initial mean skill
+  sigma0: float = 25.0 / 3.0     # initial skill uncertainty
+  kappa: float = 1e-4            # floor of the sigma shrink factor (step 7)
+  z: float = 3.0                 # ordinal = mu - z * sigma
 
   def __post_init__(self):
     require(self.beta > 0, "rating.beta", f"must be > 0, got {self.beta}")

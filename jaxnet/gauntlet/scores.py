@@ -22,7 +22,7 @@ from jaxnet.gauntlet.select import refresh_waiting
 __all__ = [
   "ScoreState", "init", "reset_uids", "slash_positive", "apply_score_floor", "slash_scores",
   "zero_positive", "indicator_and_bma", "record_evaluation", "final_score", "update_final",
-  "weights", "inactivity_step", "NOT_TRACKED",
+  "weights", "inactivity_step", "match_players", "settle_pending", "NOT_TRACKED",
 ]
 
 NOT_TRACKED = -1   # inactive_since value of a uid whose inactivity is not being tracked
@@ -45,6 +45,9 @@ class ScoreState(NamedTuple):
     last_eval_window: last window the uid was evaluated, -1 if never.
     timeout_until: first window at which a "mega" overlap copier may be selected again,
       -1 if none (§14 post-paper; templar HEAD `naughty_peers`).
+    pending: scored in a round without a match (alone); its score waits for the next match
+      (only with `carry_unmatched_scores`, §18 row 10f; the reference's score dict).
+    pending_score: that waiting score (0 where not pending).
   """
   final: jax.Array             # [N] float32
   bma: jax.Array               # [N] float32
@@ -56,6 +59,8 @@ class ScoreState(NamedTuple):
   ever_evaluated: jax.Array    # [N] bool
   last_eval_window: jax.Array  # [N] int32
   timeout_until: jax.Array     # [N] int32
+  pending: jax.Array           # [N] bool
+  pending_score: jax.Array     # [N] float32
 
 
 def init(n: int, bma_init: float = 0.0) -> ScoreState:
@@ -68,7 +73,8 @@ def init(n: int, bma_init: float = 0.0) -> ScoreState:
     indicator=zeros, waiting=jnp.zeros((n,), jnp.int32),
     inactive_since=jnp.full((n,), NOT_TRACKED, jnp.int32),
     ever_evaluated=jnp.zeros((n,), bool), last_eval_window=jnp.full((n,), -1, jnp.int32),
-    timeout_until=jnp.full((n,), -1, jnp.int32))
+    timeout_until=jnp.full((n,), -1, jnp.int32), pending=jnp.zeros((n,), bool),
+    pending_score=zeros)
 
 
 def _pool_size(state: ScoreState) -> int:
@@ -80,6 +86,8 @@ def _pool_size(state: ScoreState) -> int:
 
 def reset_uids(state: ScoreState, mask: jax.Array, bma_init: float = 0.0) -> ScoreState:
   """Full reset of the uids in `mask` (§7.1): scores to 0, BMA to its initial value.
+
+  A waiting unmatched score is dropped with the rest of the record.
 
   The waiting counter is deleted (0; a returning candidate restarts at 1) and inactivity is
   no longer tracked, as in the reference `reset_peer`. `timeout_until` survives: a reset must
@@ -170,6 +178,32 @@ def update_final(state: ScoreState, ordinal: jax.Array, in_match: jax.Array) -> 
   _check("in_match", in_match, n, "bool")
   new_N = final_score(ordinal.astype(jnp.float32), state.bma, state.sync)
   return state._replace(final=jnp.where(in_match, new_N, state.final))
+
+
+def match_players(state: ScoreState, scored: jax.Array, score: jax.Array,
+                  carry: bool) -> tuple[jax.Array, jax.Array]:
+  """Who plays this round's match, and with which score (§11.1, §18 row 10f).
+
+  The uids scored this round, with this round's score. With `carry` (the reference quirk)
+  also the uids whose lone score waits from an earlier round; a waiting uid scored again
+  plays with its new score. Returns (players [N] bool, scores [N], 0 outside).
+  """
+  n = _pool_size(state)
+  _check("scored", scored, n, "bool")
+  _check("score", score, n, "float")
+  score = jnp.where(scored, score, 0.0).astype(jnp.float32)
+  if not carry:   # static: the config is a static pytree
+    return scored, score
+  return scored | state.pending, jnp.where(scored, score, state.pending_score)
+
+
+def settle_pending(state: ScoreState, players: jax.Array, score: jax.Array, applied,
+                   carry: bool) -> ScoreState:
+  """After the match: with `carry`, the players of a match that was skipped (fewer than 2,
+  so at most one) wait for the next one; otherwise nothing waits (§18 row 10f)."""
+  pending = players & ~applied if carry else jnp.zeros_like(players)
+  return state._replace(pending=pending,
+                        pending_score=jnp.where(pending, score, 0.0).astype(jnp.float32))
 
 
 def weights(final: jax.Array, p, eps, mask: jax.Array | None = None) -> jax.Array:

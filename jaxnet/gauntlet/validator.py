@@ -4,11 +4,13 @@
 fixed pool of N uids and in one jitted call:
 
   1. uptime: activity, candidates, inactivity decay and resets (§6, §7.1)
-  2. gather list refresh (§13) and the gather checks: skipped-peer slash (§7.3)
-  3. sync score and the desync slash (§7.2)
+  2. gather list refresh (§13) and the gather checks: skipped-peer slash (§7.3; x 0 when
+     the gather success rate is below `gather_slash_threshold`)
+  3. sync score and the desync slash (§7.2); both slashes hit `fast_scope` (§18 row 7)
   4. whom to evaluate: every candidate (jaxnet default) or templar's binned sampling (§8)
   5. LossScore of every evaluated peer at once (§9), indicator and BMA (§10)
-  6. one Plackett-Luce match ranked by r_rand (§11) and the final score F (§11.4)
+  6. one Plackett-Luce match ranked by r_rand (§11) and the final score F (§11.4); a lone
+     score is dropped, or waits for the next match (`carry_unmatched_scores`, §18 row 10f)
   7. optional index-overlap copy detection (§14, §18 row 4)
   8. weights F^p / Σ F^p (§12)
 
@@ -100,7 +102,8 @@ def _evaluate(params, inputs: RoundInputs, selected_N, step_size, *, cfg: Gauntl
     own_M = jax.lax.with_sharding_constraint(own_M, spec)
   ls = lossscore.score_peers(params, subs_M, own_M, inputs.rand, step_size, layout=layout,
                              model_cfg=model_cfg, eval_batch=cfg.eval_batch,
-                             mode=cfg.score_mode, apply_sign=cfg.eval_apply_sign, mesh=mesh)
+                             mode=cfg.score_mode, apply_sign=cfg.eval_apply_sign,
+                             relative=cfg.relative_improvement, mesh=mesh)
   idx_M, valid_M = idx_M[:m], jnp.arange(m) < m
 
   def scatter(v_M, fill=0.0):
@@ -136,14 +139,20 @@ def score_round(state: ValidatorState, inputs: RoundInputs, params, window, lr_t
   tl = fast.timeliness(inputs.present, inputs.offset_s, cfg.put_window_s)
   fmt_ok, fmt_flags = fast.format_ok(inputs.subs, inputs.struct_ok, layout)
   usable = tl.on_time & fmt_ok
-  gather_skipped = in_gather & ~usable
-  sc = scores.slash_scores(sc, cfg.slash_missing, gather_skipped, cfg)
+  # §18 row 7: the fast checks slash the gather peers (reference) or every active uid
+  scope = in_gather if cfg.fast_scope == "gather_evaluated" else in_gather | active
+  gather_skipped = scope & ~usable
+  # §7.3 post-paper: a gather that mostly failed zeroes the skipped peers instead
+  gather_success = (jnp.sum(in_gather & usable, dtype=jnp.float32)
+                    / jnp.maximum(jnp.sum(in_gather, dtype=jnp.float32), 1.0))
+  skip_factor = jnp.where(gather_success < cfg.gather_slash_threshold, 0.0, cfg.slash_missing)
+  sc = scores.slash_scores(sc, skip_factor, gather_skipped, cfg)
 
   # 3. sync (§7.2): the debug dict of round s−1 against our θ after update s−1
   own_probe = fast.sync_probe(params, layout)
   x_N = fast.steps_behind(own_probe, inputs.probes, lr_t)
   sync_N = fast.sync_score(x_N, inputs.probe_present, cfg)
-  desync = in_gather & fast.desynced(x_N, inputs.probe_present, cfg)
+  desync = scope & fast.desynced(x_N, inputs.probe_present, cfg)
   sc = scores.slash_scores(sc, cfg.slash_desync, desync, cfg)
 
   # 4. whom to evaluate (§8); timed-out copiers are not candidates
@@ -166,8 +175,12 @@ def score_round(state: ValidatorState, inputs: RoundInputs, params, window, lr_t
   sc = sc._replace(ever_evaluated=sc.ever_evaluated | missing_eval | malformed_eval)
 
   # 6. rating: one match ranked by the score (§11), F for the participants (§11.4)
-  rt, rate_metrics = rating.rate(rt, scored, jnp.where(scored, ev["score"], 0.0), cfg.rating)
-  in_match = scored & rate_metrics["applied"]
+  players, match_score = scores.match_players(sc, scored, ev["score"], cfg.carry_unmatched_scores)
+  rt, rate_metrics = rating.rate(rt, players, match_score, cfg.rating)
+  in_match = players & rate_metrics["applied"]
+  carried = players & ~scored
+  sc = scores.settle_pending(sc, players, match_score, rate_metrics["applied"],
+                             cfg.carry_unmatched_scores)
   stat = rating.ordinal(rt, cfg.rating.z) if cfg.score_statistic == "ordinal" else rt.mu
   sc = scores.update_final(sc, stat, in_match)
 
@@ -193,7 +206,8 @@ def score_round(state: ValidatorState, inputs: RoundInputs, params, window, lr_t
       "format_ok": fmt_ok, **{f"fmt_{k}": v for k, v in fmt_flags.items() if k != "ok"},
       "active": active, "candidate": candidate, "in_gather": in_gather,
       "gather_valid": in_gather & usable, "evaluated": selected, "scored": scored,
-      "in_match": in_match, "own_before": ev["own_before"], "own_after": ev["own_after"],
+      "in_match": in_match, "carried": carried, "own_before": ev["own_before"],
+      "own_after": ev["own_after"],
       "rand_before": ev["rand_before"], "rand_after": ev["rand_after"],
       "r_own": ev["r_own"], "r_rand": ev["r_rand"], "indicator": sc.indicator,
       "bma": sc.bma, "steps_behind": x_N, "sync": sync_N, "mu": rt.mu, "sigma": rt.sigma,
@@ -203,5 +217,6 @@ def score_round(state: ValidatorState, inputs: RoundInputs, params, window, lr_t
       "slash_desync": desync, "slash_eval_missing": missing_eval,
       "slash_malformed": malformed_eval, "copy_level": copy_level, "max_overlap": max_overlap,
       "eval_bin": jnp.broadcast_to(sel_metrics["bin"], (n,)),
+      "gather_success": jnp.broadcast_to(gather_success, (n,)),
   }
   return new_state, report

@@ -62,25 +62,21 @@ class YumaConfig:
 
 @static_config
 class LedgerConfig:
-  """The ledger run: mechanism choice, emission per epoch, accounting and logging."""
-  mechanism: Literal["yuma", "bittensor2020"] = "yuma"
+  """The ledger run: mechanism choice, emission per epoch and accounting.
+
+  The simulator runs an epoch every `sim.ledger_every` rounds (its tempo) and keeps the
+  ledger state in its own checkpoints and its epochs in metrics.jsonl.
+  """
+  mechanism: Literal["yuma", "bittensor2020"] = "yuma"  # Yuma Consensus (§2) or 2020 (§1)
   yuma: YumaConfig = field(default_factory=YumaConfig)
   bittensor: BitTensorConfig = field(default_factory=BitTensorConfig)
-  tempo: int = 360                  # §2.2 Tempo: blocks per epoch (10 in fast mode)
-  activity_cutoff: int = 5000       # §2.2 ActivityCutoff, blocks
   epoch_emission: int = 1_000_000   # integer units minted per Yuma epoch (ledger accounting;
                                     # the chain tests mint 1e9 rao, which needs x64 ints)
   owner_cut: float = 11796 / U16_MAX  # §2.1 step 12: SubnetOwnerCut 11796/65535 = 18%
   compound: bool = True             # payouts are staked, as emissions are on chain (§1.2, §2.1)
-  log_path: str = ""                # JSONL epoch log; "" = no log
-  checkpoint_dir: str = ""          # Orbax directory for the ledger state; "" = none
-  checkpoint_keep: int = 3
 
   def __post_init__(self):
-    require(self.tempo > 0, "ledger.tempo", "must be positive")
-    require(self.activity_cutoff >= 0, "ledger.activity_cutoff", "must be >= 0")
     require(self.epoch_emission >= 0, "ledger.epoch_emission", "must be >= 0")
     require(self.epoch_emission < 2**31, "ledger.epoch_emission",
             "must fit in int32 (< 2**31) so one epoch's split is exact")
     require(0.0 <= self.owner_cut < 1.0, "ledger.owner_cut", "must be in [0, 1)")
-    require(self.checkpoint_keep > 0, "ledger.checkpoint_keep", "must be positive")

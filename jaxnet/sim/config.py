@@ -14,9 +14,9 @@ class SimConfig:
   `peers` lists behaviour groups as "behaviour:count" in uid order, e.g.
   ("honest:8", "noise:1", "copier:1"). The validator never sees these labels.
   """
-  peers: tuple[str, ...] = ("honest:6", "noise:1", "copier:1")
-  rounds: int = 20
-  seed: int = 0
+  peers: tuple[str, ...] = ("honest:6", "noise:1", "copier:1")  # "behaviour:count", uid order
+  rounds: int = 20                 # rounds (windows) to simulate
+  seed: int = 0                    # upload times, adversaries, evaluated rows, validator keys
   honest_upload_s: tuple[float, float] = (0.5, 3.0)  # honest upload offsets in the put window
   copy_delay_s: float = 2.0        # a copier re-uploads this long after its victim (§1.3)
   copy_noise: float = 0.0          # relative noise a copier adds to the copied values
@@ -27,8 +27,9 @@ class SimConfig:
   degraded_max: float = 0.9        # degraded peer j of K replaces (j+1)/K * this of its chunks
                                    # with noise: honest peers of graded true contribution
   validators: int = 1              # validators with stake (ledger input)
-  validator_stake: tuple[float, ...] = (1.0,)
-  ledger_every: int = 5            # rounds between ledger epochs (0 = no ledger)
+  validator_stake: tuple[float, ...] = (1.0,)  # stake of each validator (one per validator)
+  ledger_every: int = 5            # rounds between ledger epochs, each on that round's
+                                   # weights (the chain's tempo; 0 = no ledger)
   checkpoint_every: int = 0        # rounds between checkpoints (0 = end only)
   storage: str = "memory"          # "memory" or a directory path for the local backend
 
