@@ -1,35 +1,156 @@
 """The `jaxnet` command: a thin layer that parses flags into the config and calls the library.
 
-  jaxnet train --config configs/tiny.yaml [--train.steps 50 ...]
+  jaxnet train --config configs/tiny.yaml [--train.steps 50 ...] [--print-config]
   jaxnet data prepare PATH... --out DIR [--tokenizer byte|FILE] [--bpe-vocab N]
-  jaxnet simulate --config configs/sim-small.yaml [--sim.rounds 40 ...]
+  jaxnet simulate --config configs/sim-small.yaml [--sim.rounds 40 ...] [--print-config]
   jaxnet report RUN_DIR [--round R] [--no-plots]
+
+`jaxnet COMMAND --help` lists the command's options; for train and simulate that is every
+config field with its type, default and meaning.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
+# Errors a user causes (a bad flag, value, file or run directory), by module and class
+# name: looked up in sys.modules, so that `--help` does not import JAX to catch them.
+USER_ERRORS = (("jaxnet.configbase", "ConfigError"), ("jaxnet.checkpoint", "CheckpointError"),
+               ("jaxnet.data.errors", "DataError"), ("jaxnet.rundir", "RunError"),
+               ("jaxnet.report", "ReportError"))
 
-def _split_config(argv: list[str]) -> tuple[str | None, list[str]]:
-  parser = argparse.ArgumentParser(add_help=False)
-  parser.add_argument("--config", default=None)
-  known, rest = parser.parse_known_args(argv)
-  return known.config, rest
+RUN_HELP = {
+    "train": "Trains the model: centralised AdamW (train.optimizer: adamw) or DeMo across "
+             "train.peers simulated peers (train.optimizer: demo). Outputs go to "
+             "train.out_dir.",
+    "simulate": "Runs the permissionless network: peers with the sim.peers behaviours, the "
+                "Gauntlet validator and, every sim.ledger_every rounds, a ledger epoch. "
+                "Outputs go to train.out_dir; inspect them with `jaxnet report`.",
+}
 
 
-def _fail(e: Exception) -> int:
-  print(f"jaxnet: {type(e).__name__}: {e}", file=sys.stderr)
+class UsageError(Exception):
+  """A malformed command line; the message is the one line to print."""
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+  """argparse whose errors are one line (`prog: error: ...`) instead of usage + error."""
+
+  def error(self, message):
+    raise UsageError(f"{self.prog}: error: {message} (see {self.prog} --help)")
+
+
+def _one_line(text: str) -> str:
+  return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
+def _user_error(e: BaseException) -> bool:
+  for module, name in USER_ERRORS:
+    cls = getattr(sys.modules.get(module), name, None)
+    if cls is not None and isinstance(e, cls):
+      return True
+  return False
+
+
+def _os_error(e: BaseException) -> OSError | None:
+  """The OSError behind `e`: itself or an explicit cause (`raise ... from err`, as libraries
+  wrap I/O errors). Implicit context is not followed: a bug raised while handling, say, a
+  cache miss must still show its traceback."""
+  seen = set()
+  while e is not None and id(e) not in seen:
+    if isinstance(e, OSError):
+      return e
+    seen.add(id(e))
+    e = e.__cause__
+  return None
+
+
+def _fail(e: BaseException) -> int:
+  print(f"jaxnet: {type(e).__name__}: {_one_line(e)}", file=sys.stderr)
   return 2
 
 
+def _fail_os(e: OSError) -> int:
+  """`jaxnet: PermissionError: /path: Permission denied` (one line, exit status 2)."""
+  if e.strerror and e.filename is not None:
+    where = f"{e.filename} -> {e.filename2}" if e.filename2 is not None else f"{e.filename}"
+    print(f"jaxnet: {type(e).__name__}: {where}: {e.strerror}", file=sys.stderr)
+    return 2
+  return _fail(e)
+
+
+# --------------------------------------------------------------------------- train, simulate
+
+def run_help(command: str) -> str:
+  """`jaxnet train --help`: options, then every config field generated from the dataclasses."""
+  from jaxnet.config import describe_fields, section_docs
+  fields, sections = describe_fields(), section_docs()
+  w_name = max(len(f.name) for f in fields)
+  w_type = min(max(len(f.type) for f in fields), 16)
+  w_default = min(max(len(f.default) for f in fields), 12)
+  lines = [f"usage: jaxnet {command} [--config FILE] [--SECTION.FIELD VALUE ...] [--print-config]",
+           "", RUN_HELP[command], "", "options:",
+           "  --config FILE            YAML config; fields it leaves out keep the defaults below",
+           "  --SECTION.FIELD VALUE    override a field (or --SECTION.FIELD=VALUE); VALUE is YAML",
+           "  --print-config           print the resolved config as YAML and exit",
+           "  -h, --help               show this help and exit", "",
+           "config fields (name, type, default, meaning):"]
+  section = None
+  for f in fields:
+    if f.section != section:
+      section = f.section
+      lines += ["", f"{section}: {sections.get(section, '')}".rstrip()]
+    lines.append(f"  {f.name:<{w_name}}  {f.type:<{w_type}}  {f.default:<{w_default}}  {f.doc}")
+  return "\n".join(lines)
+
+
+def _parse_run_args(argv: list[str]) -> tuple[str | None, list[str], bool, bool]:
+  """-> (config path, dotted overrides, --print-config, --help)."""
+  path, overrides, show, help_ = None, [], False, False
+  i = 0
+  while i < len(argv):
+    arg = argv[i]
+    if arg in ("-h", "--help"):
+      help_ = True
+    elif arg == "--print-config":
+      show = True
+    elif arg == "--config":
+      if i + 1 >= len(argv):
+        raise UsageError("jaxnet: --config needs a FILE")
+      path, i = argv[i + 1], i + 1
+    elif arg.startswith("--config="):
+      path = arg.split("=", 1)[1]
+    elif arg.startswith("--") and "=" not in arg and i + 1 < len(argv):
+      overrides += [arg, argv[i + 1]]   # a dotted override and its value, whatever it reads
+      i += 1
+    else:
+      overrides.append(arg)
+    i += 1
+  return path, overrides, show, help_
+
+
+def _load(command: str, argv: list[str]):
+  """The resolved config, or None when --help / --print-config already answered."""
+  path, overrides, show, help_ = _parse_run_args(argv)
+  if help_:
+    print(run_help(command))
+    return None
+  from jaxnet.config import load_config, to_yaml
+  cfg = load_config(path, overrides)
+  if show:
+    print(to_yaml(cfg), end="")
+    return None
+  return cfg
+
+
 def cmd_train(argv: list[str]) -> int:
-  from jaxnet.config import load_config
+  cfg = _load("train", argv)
+  if cfg is None:
+    return 0
   from jaxnet.sharding import maybe_initialize_distributed
   maybe_initialize_distributed()
-  path, overrides = _split_config(argv)
-  cfg = load_config(path, overrides)
   if cfg.train.optimizer == "demo":
     from jaxnet import decentral
     result = decentral.train(cfg)
@@ -43,20 +164,11 @@ def cmd_train(argv: list[str]) -> int:
   return 0
 
 
-def cmd_data(argv: list[str]) -> int:
-  if not argv or argv[0] != "prepare":
-    print("usage: jaxnet data prepare PATH... --out DIR [--tokenizer byte|FILE] [--bpe-vocab N]",
-          file=sys.stderr)
-    return 2
-  from jaxnet import data
-  return int(data.prepare_main(argv[1:]) or 0)
-
-
 def cmd_simulate(argv: list[str]) -> int:
-  from jaxnet.config import load_config
+  cfg = _load("simulate", argv)
+  if cfg is None:
+    return 0
   from jaxnet.sim import network
-  path, overrides = _split_config(argv)
-  cfg = load_config(path, overrides)
 
   def summary(rec):
     slashes = ", ".join(f"{k[6:]}={v}" for k, v in rec["slashes"].items() if v) or "none"
@@ -74,6 +186,21 @@ def cmd_simulate(argv: list[str]) -> int:
   return 0
 
 
+# --------------------------------------------------------------------------- data, report
+
+DATA_USAGE = "usage: jaxnet data prepare PATH... --out DIR [--tokenizer byte|FILE] [--bpe-vocab N]"
+
+
+def cmd_data(argv: list[str]) -> int:
+  if not argv or argv[0] in ("-h", "--help"):
+    print(DATA_USAGE + "\n\nTokenizes text into token shards; see `jaxnet data prepare --help`.")
+    return 0 if argv else 2
+  if argv[0] != "prepare":
+    raise UsageError(f"jaxnet data: unknown command {argv[0]!r} (known: prepare)")
+  from jaxnet import data
+  return int(data.prepare_main(argv[1:]) or 0)
+
+
 def cmd_report(argv: list[str]) -> int:
   from jaxnet import report
   return int(report.main(argv) or 0)
@@ -84,21 +211,33 @@ COMMANDS = {"train": cmd_train, "data": cmd_data, "simulate": cmd_simulate, "rep
 
 def main(argv: list[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
-  if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+  if not argv or argv[0] in ("-h", "--help"):
     print(__doc__.strip())
-    return 0 if argv and argv[0] in ("-h", "--help") else 2
-  from jaxnet.checkpoint import CheckpointError
-  from jaxnet.configbase import ConfigError
-  errors: tuple[type[Exception], ...] = (ConfigError, CheckpointError, FileNotFoundError)
-  try:
-    from jaxnet.data import DataError
-    errors += (DataError,)
-  except ImportError:
-    pass
+    return 0 if argv else 2
+  if argv[0] not in COMMANDS:
+    print(f"jaxnet: unknown command {argv[0]!r} (known: {', '.join(sorted(COMMANDS))})",
+          file=sys.stderr)
+    return 2
   try:
     return COMMANDS[argv[0]](argv[1:])
-  except errors as e:
-    return _fail(e)
+  except UsageError as e:
+    print(_one_line(e), file=sys.stderr)
+    return 2
+  except SystemExit as e:   # argparse: --help (0) or a usage error it printed (2)
+    return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+  except KeyboardInterrupt:
+    print("jaxnet: interrupted", file=sys.stderr)
+    return 130
+  except BrokenPipeError:   # `jaxnet train --help | head`: the reader left, say nothing
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 1
+  except Exception as e:
+    if _user_error(e):
+      return _fail(e)
+    os_error = _os_error(e)   # read-only or full disk, a missing file: not a bug
+    if os_error is None:
+      raise
+    return _fail_os(os_error)
 
 
 if __name__ == "__main__":

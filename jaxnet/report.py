@@ -12,6 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
+
+class ReportError(ValueError):
+  """A report that cannot be made as asked (e.g. a round the run does not have); one line."""
+
+
 # (report key, header, width, number format)
 COLUMNS = [("uid", "uid", 4, "d"), ("status", "status", 12, ""), ("evaluated", "eval", 4, ""),
            ("r_own", "r_own", 10, ".2e"), ("r_rand", "r_rand", 10, ".2e"),
@@ -91,10 +96,36 @@ def plot_run(run_dir: Path, recs: list[dict], behaviours: list[str] | None) -> l
   return out
 
 
+def _round_number(text: str) -> int:
+  """--round takes the round number as the run logged it: an integer >= 0."""
+  try:
+    value = int(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+  if value < 0:
+    raise argparse.ArgumentTypeError(f"{value}: rounds count from 0 (negative indices are "
+                                     "not supported; omit --round for the last round)")
+  return value
+
+
+def pick_round(recs: list[dict], number: int | None) -> dict:
+  """The record of round `number` (by its logged round number); None = the last one."""
+  if number is None:
+    return recs[-1]
+  for rec in recs:
+    if rec["round"] == number:
+      return rec
+  have = [rec["round"] for rec in recs]
+  raise ReportError(f"--round {number}: out of range; this run has rounds "
+                    f"{min(have)}..{max(have)}")
+
+
 def main(argv: list[str]) -> int:
-  ap = argparse.ArgumentParser(prog="jaxnet report", description=__doc__)
+  from jaxnet.cli import OneLineArgumentParser
+  ap = OneLineArgumentParser(prog="jaxnet report", description=__doc__)
   ap.add_argument("run_dir")
-  ap.add_argument("--round", type=int, default=-1, help="round to tabulate (default: last)")
+  ap.add_argument("--round", type=_round_number, default=None,
+                  help="round number to tabulate, >= 0 (default: the last round)")
   ap.add_argument("--no-plots", action="store_true")
   args = ap.parse_args(argv)
   run_dir = Path(args.run_dir)
@@ -104,11 +135,14 @@ def main(argv: list[str]) -> int:
   beh_path = (run_dir if run_dir.is_dir() else run_dir.parent) / "behaviours.json"
   behaviours = json.loads(beh_path.read_text()) if beh_path.exists() else None
   if "report" in recs[0]:
-    rec = recs[args.round]
+    rec = pick_round(recs, args.round)
     print(f"round {rec['round']}: validation loss {rec['val_loss']:.4f}, "
           f"{rec['evaluated']} peers scored, {rec['gathered']} gathered")
     print(table(rec["report"], behaviours))
   else:
+    if args.round is not None:
+      raise ReportError(f"--round {args.round}: {run_dir} is a training run; it has steps, "
+                        "not validator rounds")
     print(f"{len(recs)} steps: loss {recs[0]['loss']:.4f} -> {recs[-1]['loss']:.4f}")
   if not args.no_plots:
     out_dir = run_dir if run_dir.is_dir() else run_dir.parent

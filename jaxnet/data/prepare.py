@@ -36,6 +36,8 @@ def prepare_main(argv: list[str] | None = None) -> int:
   args = _parser().parse_args(argv)
   out = Path(args.out)
   try:
+    if out.exists() and not out.is_dir():
+      raise DataError(f"{out}: --out must be a directory, and this is an existing file")
     if (out / META).exists() and not args.force:
       raise DataError(f"{out / META}: already exists (use --force to overwrite)")
     docs = list(read_documents(args.paths)) if args.paths else embedded_documents()
