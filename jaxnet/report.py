@@ -32,7 +32,8 @@ def load_metrics(run_dir: Path) -> list[dict]:
   path = run_dir / "metrics.jsonl" if run_dir.is_dir() else run_dir
   if not path.exists():
     raise FileNotFoundError(f"{path}: no metrics.jsonl (is this a jaxnet run directory?)")
-  return [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+  from jaxnet.rundir import read_metrics
+  return read_metrics(path)   # a torn last line (a kill mid-write) is dropped
 
 
 def table(report: dict, behaviours: list[str] | None = None) -> str:
