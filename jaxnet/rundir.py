@@ -16,7 +16,6 @@ Extending `train.steps` stretches the AdamW cosine schedule from the resumed ste
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import secrets
@@ -107,11 +106,12 @@ class RunDir:
   """
 
   def __init__(self, cfg, mode: str, *, fresh: bool = False):
-    from jaxnet.config import to_dict
+    from jaxnet.config import to_dict, to_yaml
     self.dir = Path(cfg.train.out_dir)
     self.mode = mode
     self.main = jax.process_index() == 0
     self.config = to_dict(cfg)
+    self.config_yaml = to_yaml(cfg)   # what --print-config shows; `--config` reads it back
     self._lock = self._log = None
     self.resumed = False
     verdict = "ok:"
@@ -188,7 +188,7 @@ class RunDir:
       raise RunError(f"{path}: records for steps 1..{start} are incomplete; the run directory "
                      "was damaged, use another train.out_dir")
     _atomic_write(path, "".join(json.dumps(r) + "\n" for r in kept))
-    _atomic_write(self.dir / "config.yaml", yaml.safe_dump(self.config, sort_keys=False))
+    _atomic_write(self.dir / "config.yaml", self.config_yaml)
     if not (self.dir / "run.json").exists():
       _atomic_write(self.dir / "run.json", json.dumps(
           {"run_id": self.run_id, "mode": self.mode, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}))
@@ -239,6 +239,3 @@ def _atomic_write(path: Path, text: str) -> None:
   os.replace(tmp, path)
 
 
-def replace_out_dir(cfg, out_dir: str):
-  """`cfg` with another `train.out_dir` (nested runs such as the AdamW comparison)."""
-  return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, out_dir=out_dir))

@@ -129,6 +129,7 @@ def test_config_diff_ignores_only_fields_that_extend_the_run():
 def test_resume_never_refuses_an_existing_run(tmp_path):
   cfg = _cfg(tmp_path, "run", "--train.steps", "2")
   _train(cfg)
+  assert load_config(tmp_path / "run" / "config.yaml") == cfg   # the stored config reads back
   with pytest.raises(RunError, match="holds run .* checkpoint.resume=never"):
     _train(_cfg(tmp_path, "run", "--train.steps", "2", "--checkpoint.resume", "never"))
 

@@ -13,7 +13,8 @@ from jaxnet.data.tokenizer import load_tokenizer, train_bpe
 
 
 def _parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(
+  from jaxnet.cli import OneLineArgumentParser   # usage errors in one line, as every command
+  p = OneLineArgumentParser(
       prog="jaxnet data prepare",
       description="Tokenize UTF-8 text files into memory-mapped token shards. Each file is "
                   "split into documents on the ASCII record separator (U+001E); a file "
