@@ -118,7 +118,7 @@ class MeshConfig:
 class CheckpointConfig:
   """Orbax CheckpointManager settings (jax.md §2.6)."""
   dir: str = ""                  # "" = <train.out_dir>/checkpoints
-  every: int = 0                 # save every N steps; 0 = only at the end
+  every: int = 0                 # save every N steps (rounds in simulate); 0 = only at the end
   keep: int = 3                  # checkpoints kept (Orbax max_to_keep)
   # auto: resume from the latest checkpoint if the directory has one, else start fresh;
   # required: error when there is none; never: always start fresh (overwrites nothing).

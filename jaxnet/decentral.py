@@ -12,7 +12,6 @@ sequences) for the same number of steps, and both curves go into one PNG.
 from __future__ import annotations
 
 import dataclasses
-import time
 from functools import partial
 from pathlib import Path
 
@@ -22,11 +21,12 @@ import numpy as np
 
 from jaxnet import demo, peer, sharding as shd
 from jaxnet import model as jmodel
-from jaxnet.checkpoint import Checkpointer
+from jaxnet import loop
+from jaxnet.loop import Task
 from jaxnet.config import Config, to_dict
 from jaxnet.configbase import ConfigError
-from jaxnet.rundir import RunDir, read_metrics
-from jaxnet.train import _progress, check_vocab
+from jaxnet.rundir import read_metrics
+from jaxnet.train import check_vocab
 
 
 def round_fn(params, states_P, batches_PxSxL, window, *, cfg: Config, layout, mesh, n_gather):
@@ -69,72 +69,44 @@ class DecentralRun:
     return shd.put_tree(host, shd.along(self.mesh, "peer"))
 
 
+def decentral_task(cfg: Config, run: DecentralRun) -> Task:
+  """Rounds of P honest peers as a `jaxnet.loop.Task` (state: params and peer states)."""
+  val = run.corpus.val_batch(min(64, run.corpus.n_val))
+  val_loss = jax.jit(partial(jmodel.loss_fn, cfg=cfg.model))
+
+  def step(state, w):
+    params, states, m = run.step(*state, run.batches(w), jnp.int32(w))
+    if cfg.train.eval_every and (w + 1) % cfg.train.eval_every == 0:
+      m = dict(m, val_loss=val_loss(params, val))
+    return (params, states), m
+
+  def place(state):
+    # committed placements from the start, so the first and later rounds share one compilation
+    params, states = state
+    return (shd.put_tree(params, shd.replicated(run.mesh)),
+            shd.put_tree(states, shd.along(run.mesh, "peer")))
+
+  return Task(state=(run.params, run.states), total=cfg.train.steps, step=step,
+              host=lambda s, m: {k: float(v) for k, v in m.items()}, unit="round",
+              tokens_per_step=run.tokens_per_round, from_checkpoint=tuple, place=place,
+              postfix=lambda r: {"loss": f"{r['loss']:.4f}"})
+
+
 def train(cfg: Config, *, progress: bool = True, devices=None, stop_after: int | None = None) -> dict:
   """Runs (or resumes) a decentralised DeMo run; optionally the matched AdamW baseline."""
   if cfg.train.optimizer != "demo":
     raise ConfigError(f"train.optimizer: decentral.train needs 'demo', got {cfg.train.optimizer!r}")
   run = DecentralRun(cfg, devices)
-  out_dir = Path(cfg.train.out_dir)
-  with RunDir(cfg, "train") as rd:
-    ckpt = Checkpointer(cfg.checkpoint.dir or out_dir / "checkpoints", every=cfg.checkpoint.every,
-                        keep=cfg.checkpoint.keep,
-                        compat={"model": to_dict(cfg.model), "optimizer": "demo",
-                                "peers": cfg.train.peers, "demo": to_dict(cfg.demo)})
-    try:
-      params, states, start = run.params, run.states, 0
-      latest = ckpt.start_step(cfg.checkpoint.resume)
-      if latest is not None:
-        (params, states), _ = ckpt.restore(latest, (params, states))
-        start = latest
-      rd.begin(start)
-      # committed placements from the start, so the first and later rounds share one compilation
-      params = shd.put_tree(params, shd.replicated(run.mesh))
-      states = shd.put_tree(states, shd.along(run.mesh, "peer"))
-      end = cfg.train.steps if stop_after is None else min(cfg.train.steps, start + stop_after)
-      params, states, history = _loop(run, rd, ckpt, params, states, start, end, progress)
-    finally:
-      ckpt.close()
-  result = {"params": params, "states": states, "history": history, "start": start, "end": end}
-  if end == cfg.train.steps and cfg.train.compare_baseline and rd.main:
+  compat = {"model": to_dict(cfg.model), "optimizer": "demo", "peers": cfg.train.peers,
+            "demo": to_dict(cfg.demo)}
+  out = loop.run(cfg, "train", lambda run_id: decentral_task(cfg, run), compat=compat,
+                 progress=progress, stop_after=stop_after)
+  params, states = out["state"]
+  result = dict(out, params=params, states=states)
+  if out["end"] == cfg.train.steps and cfg.train.compare_baseline and out["main"]:
     result["baseline"] = run_baseline(cfg, run.tokens_per_round, progress, devices)
-    plot_comparison(out_dir, cfg)
+    plot_comparison(Path(cfg.train.out_dir), cfg)
   return result
-
-
-def _loop(run: DecentralRun, rd: RunDir, ckpt: Checkpointer, params, states, start: int,
-          end: int, progress: bool):
-  cfg = run.cfg
-  val = run.corpus.val_batch(min(64, run.corpus.n_val))
-  val_loss = jax.jit(partial(jmodel.loss_fn, cfg=cfg.model))
-  bar = _progress(progress and rd.main, start, cfg.train.steps)
-  history = []
-  t_last = time.perf_counter()
-  try:
-    for w in range(start, end):
-      params, states, m = run.step(params, states, run.batches(w), jnp.int32(w))
-      rec = {k: float(v) for k, v in m.items()}
-      if not np.isfinite(rec["loss"]):
-        raise FloatingPointError(f"peer loss is {rec['loss']} at round {w}")
-      now = time.perf_counter()
-      rec.update(step=w + 1, tokens_per_s=run.tokens_per_round / max(now - t_last, 1e-9))
-      t_last = now
-      if cfg.train.eval_every and (w + 1) % cfg.train.eval_every == 0:
-        rec["val_loss"] = float(val_loss(params, val))
-      history.append(rec)
-      rd.log(rec)
-      if bar is not None:
-        bar.update(1)
-        bar.set_postfix(loss=f"{rec['loss']:.4f}")
-      if ckpt.should_save(w + 1) and w + 1 < end:
-        rd.sync()
-        ckpt.save(w + 1, (params, states), {"data_position": w + 1})
-    rd.sync()
-    if end > start:
-      ckpt.save(end, (params, states), {"data_position": end})
-  finally:
-    if bar is not None:
-      bar.close()
-  return params, states, history
 
 
 def baseline_config(cfg: Config) -> Config:

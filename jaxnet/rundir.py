@@ -32,8 +32,7 @@ __all__ = ["RunError", "RunDir", "read_metrics", "EXTEND_ONLY"]
 # Fields a resume may change: the length of the run, evaluation and checkpoint cadence,
 # and where the run's files live (a copied run directory can be resumed elsewhere).
 EXTEND_ONLY = ("train.steps", "sim.rounds", "train.eval_every", "checkpoint.every",
-               "sim.checkpoint_every", "checkpoint.keep", "checkpoint.resume",
-               "train.out_dir", "checkpoint.dir")
+               "checkpoint.keep", "checkpoint.resume", "train.out_dir", "checkpoint.dir")
 _MAX_METRICS_BYTES = 1 << 30   # a metrics file is ours, but bound what resume reads anyway
 
 
@@ -208,11 +207,6 @@ class RunDir:
     if self._log is not None:
       self._log.flush()
       os.fsync(self._log.fileno())
-
-  def write_text(self, name: str, text: str) -> None:
-    """A file of the run (process 0 only)."""
-    if self.main:
-      _atomic_write(self.dir / name, text)
 
   def close(self) -> None:
     if self._log is not None:

@@ -12,8 +12,6 @@ global-norm clipping at 1.0.
 """
 from __future__ import annotations
 
-import json
-import time
 from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -25,10 +23,11 @@ import optax
 
 from jaxnet import model as jmodel
 from jaxnet import sharding as shd
-from jaxnet.checkpoint import Checkpointer, CheckpointError
+from jaxnet import loop
+from jaxnet.loop import Task
 from jaxnet.config import Config, TrainConfig, to_dict
 from jaxnet.configbase import ConfigError
-from jaxnet.rundir import RunDir
+from jaxnet.rundir import read_metrics
 
 
 class TrainState(NamedTuple):
@@ -135,30 +134,20 @@ class Run:
     return put_batch(split_micro(host, self.microbatch), self.batch_sharding)
 
 
-def _checkpointer(cfg: Config) -> Checkpointer:
-  directory = cfg.checkpoint.dir or str(Path(cfg.train.out_dir) / "checkpoints")
-  compat = {"model": to_dict(cfg.model), "optimizer": cfg.train.optimizer,
-            "data.seq_len": cfg.data.seq_len, "train.batch_size": cfg.train.batch_size}
-  return Checkpointer(directory, every=cfg.checkpoint.every, keep=cfg.checkpoint.keep, compat=compat)
+def train_task(cfg: Config, run: Run) -> Task:
+  """The baseline as a `jaxnet.loop.Task`: one AdamW step per index, val_loss dispatched on
+  the params right after its step (before the next step donates them)."""
+  def step(state, i):
+    state, metrics = run.step_fn(state, run.batch(i))
+    if cfg.train.eval_every and (i + 1) % cfg.train.eval_every == 0:
+      metrics = dict(metrics, val_loss=run.val_loss_fn(state.params, run.val_batch))
+    return state, metrics
 
-
-def restore_or_init(run: Run, ckpt: Checkpointer) -> tuple[TrainState, int]:
-  state = run.init_fn()
-  step = ckpt.start_step(run.cfg.checkpoint.resume)
-  if step is None:
-    return state, 0
-  restored, meta = ckpt.restore(step, state)
-  if meta.get("data_position") != step:
-    raise CheckpointError(f"{ckpt.directory}/{step}: data position {meta.get('data_position')} "
-                          f"does not match step {step}")
-  return TrainState(*restored), step
-
-
-def _host_metrics(m: dict, step: int) -> dict:
-  out = {k: float(np.asarray(v)) for k, v in m.items()}
-  if not np.isfinite(out["loss"]):
-    raise FloatingPointError(f"loss is {out['loss']} at step {step}")
-  return out
+  return Task(state=run.init_fn(), total=cfg.train.steps, step=step,
+              host=lambda s, m: {k: float(np.asarray(v)) for k, v in m.items()},
+              tokens_per_step=cfg.train.batch_size * cfg.data.seq_len,
+              from_checkpoint=lambda t: TrainState(*t),
+              postfix=lambda r: {"loss": f"{r['loss']:.4f}", "tok_s": f"{r['tokens_per_s']:.0f}"})
 
 
 def train(cfg: Config, *, progress: bool = True, devices=None, stop_after: int | None = None) -> dict:
@@ -170,81 +159,21 @@ def train(cfg: Config, *, progress: bool = True, devices=None, stop_after: int |
   if cfg.train.optimizer != "adamw":
     raise ConfigError(f"train.optimizer: {cfg.train.optimizer!r} runs through jaxnet.decentral")
   run = Run(cfg, devices)
+  compat = {"model": to_dict(cfg.model), "optimizer": cfg.train.optimizer,
+            "data.seq_len": cfg.data.seq_len, "train.batch_size": cfg.train.batch_size}
+  out = loop.run(cfg, "train", lambda run_id: train_task(cfg, run), compat=compat,
+                 progress=progress, stop_after=stop_after)
   out_dir = Path(cfg.train.out_dir)
-  with RunDir(cfg, "train") as rd:
-    ckpt = _checkpointer(cfg)
-    try:
-      state, start = restore_or_init(run, ckpt)
-      rd.begin(start)
-      end = cfg.train.steps if stop_after is None else min(cfg.train.steps, start + stop_after)
-      state, history = _loop(run, rd, ckpt, state, start, end, progress)
-    finally:
-      ckpt.close()
-  if end == cfg.train.steps and rd.main:
+  if out["end"] == cfg.train.steps and out["main"]:
     plot_losses(out_dir / "metrics.jsonl", out_dir / "loss.png")
-  return {"state": state, "history": history, "start": start, "end": end, "run_id": rd.run_id}
-
-
-def _loop(run: Run, rd: RunDir, ckpt: Checkpointer, state: TrainState, start: int, end: int,
-          progress: bool) -> tuple[TrainState, list[dict]]:
-  """Steps start..end with asynchronous dispatch: step t's metrics are read on the host
-  after step t+1 is dispatched, except before a checkpoint, whose step's record is written
-  and synced first. Returns the final state and the records of these steps."""
-  cfg = run.cfg
-  tokens_per_step = cfg.train.batch_size * cfg.data.seq_len
-  bar = _progress(progress and rd.main, start, cfg.train.steps)
-  history, pending, t_last = [], None, time.perf_counter()
-
-  def flush():
-    nonlocal t_last, pending
-    step, m = pending
-    pending = None
-    rec = _host_metrics(m, step)
-    now = time.perf_counter()
-    rec.update(step=step, tokens_per_s=tokens_per_step / max(now - t_last, 1e-9), time=now)
-    t_last = now
-    history.append(rec)
-    rd.log(rec)
-    if bar is not None:
-      bar.update(1)
-      bar.set_postfix(loss=f"{rec['loss']:.4f}", tok_s=f"{rec['tokens_per_s']:.0f}")
-
-  try:
-    for step in range(start, end):
-      state, metrics = run.step_fn(state, run.batch(step))
-      if cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0:
-        # dispatched now, on the params after this step, before the next step donates them
-        metrics = dict(metrics, val_loss=run.val_loss_fn(state.params, run.val_batch))
-      if pending is not None:
-        flush()
-      pending = (step + 1, metrics)
-      if ckpt.should_save(step + 1) and step + 1 < end:
-        flush()
-        rd.sync()
-        ckpt.save(step + 1, state, {"data_position": step + 1})
-    if pending is not None:
-      flush()
-    rd.sync()
-    if end > start or ckpt.latest_step() != end:
-      ckpt.save(end, state, {"data_position": end})
-  finally:
-    if bar is not None:
-      bar.close()
-  return state, history
-
-
-def _progress(enabled: bool, start: int, total: int, desc: str = "train", unit: str = "step"):
-  if not enabled:
-    return None
-  from tqdm.auto import tqdm
-  return tqdm(total=total, initial=start, desc=desc, unit=unit, dynamic_ncols=True)
+  return out
 
 
 def plot_losses(metrics_path: Path, png_path: Path, label: str = "AdamW") -> None:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  recs = [json.loads(l) for l in Path(metrics_path).read_text().splitlines() if l]
+  recs = read_metrics(metrics_path)
   fig, ax = plt.subplots(figsize=(6, 4))
   ax.plot([r["step"] for r in recs], [r["loss"] for r in recs], label=f"{label} train")
   val = [(r["step"], r["val_loss"]) for r in recs if "val_loss" in r]

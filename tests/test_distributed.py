@@ -84,7 +84,7 @@ def test_two_processes_train_like_one(tmp_path):
 
 def test_two_processes_simulate_like_one(tmp_path):
   args = ["simulate", "--config", "configs/sim-tiny.yaml", "--sim.rounds", "3",
-          "--sim.checkpoint_every", "2", "--sim.peers", '["honest:3", "noise:1", "copier:1"]']
+          "--checkpoint.every", "2", "--sim.peers", '["honest:3", "noise:1", "copier:1"]']
   _single(args + ["--train.out_dir", str(tmp_path / "one")])
   _launch(args + ["--train.out_dir", str(tmp_path / "two")], 2, tmp_path)
   _compare(tmp_path / "one", tmp_path / "two", ("val_loss",))

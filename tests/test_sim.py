@@ -122,7 +122,7 @@ def test_late_early_zeros_replay_sybil(timing_run):
 
 
 def test_kill_and_resume_is_bit_exact(tmp_path):
-  over = ["--sim.rounds", "4", "--sim.checkpoint_every", "2",
+  over = ["--sim.rounds", "4", "--checkpoint.every", "2",
           "--sim.peers", '["honest:3", "noise:1", "copier:1", "replay:1"]']
   straight = network.simulate(load_config(SIM_TINY, over + ["--train.out_dir", str(tmp_path / "a")]),
                               progress=False)

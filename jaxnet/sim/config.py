@@ -30,7 +30,6 @@ class SimConfig:
   validator_stake: tuple[float, ...] = (1.0,)  # stake of each validator (one per validator)
   ledger_every: int = 5            # rounds between ledger epochs, each on that round's
                                    # weights (the chain's tempo; 0 = no ledger)
-  checkpoint_every: int = 0        # rounds between checkpoints (0 = end only)
   storage: str = "memory"          # "memory" or a directory path for the local backend
 
   def __post_init__(self):

@@ -23,11 +23,11 @@ import numpy as np
 
 from jaxnet import demo, peer, sharding as shd
 from jaxnet import model as jmodel
-from jaxnet.checkpoint import Checkpointer
+from jaxnet import loop
+from jaxnet.loop import Task
 from jaxnet.config import Config, to_dict
 from jaxnet.gauntlet import collect, fast
 from jaxnet.gauntlet.validator import ValidatorState, init_state as init_validator
-from jaxnet.rundir import RunDir
 from jaxnet.sim import adversaries
 from jaxnet.sim.storage import ObjectTooLarge, debug_name, gradient_name, make_storage
 from jaxnet.submission import Submission, SubmissionError, max_upload_bytes
@@ -227,53 +227,25 @@ def _parse_probe(data: bytes, k: int) -> np.ndarray:
 
 def simulate(cfg: Config, *, progress: bool = True, devices=None, stop_after: int | None = None,
              on_round=None) -> dict:
-  """Runs (or resumes) `cfg.sim.rounds` rounds; writes metrics JSONL under train.out_dir."""
-  from jaxnet.train import _progress
+  """Runs (or resumes) `cfg.sim.rounds` rounds; writes metrics JSONL under train.out_dir.
+
+  `on_round(record)` is called on process 0 after every round (the CLI's summary line).
+  """
   from jaxnet.sharding import maybe_initialize_distributed
   maybe_initialize_distributed()
-  out = Path(cfg.train.out_dir)
-  with RunDir(cfg, "simulate") as rd:
-    net = Network(cfg, devices, run_id=rd.run_id)
-    ckpt = Checkpointer(cfg.checkpoint.dir or out / "checkpoints", every=cfg.sim.checkpoint_every,
-                        keep=cfg.checkpoint.keep,
-                        compat={"model": to_dict(cfg.model), "gauntlet": to_dict(cfg.gauntlet)})
-    try:
-      st = net.init_state()
-      start = 0
-      latest = ckpt.start_step(cfg.checkpoint.resume)
-      if latest is not None:
-        restored, _ = ckpt.restore(latest, st)
-        st, start = NetState(*restored), latest
-      rd.begin(start)
-      st = net.place(st)
-      end = cfg.sim.rounds if stop_after is None else min(cfg.sim.rounds, start + stop_after)
-      bar = _progress(progress and rd.main, start, cfg.sim.rounds, desc="simulate", unit="round")
-      history = []
-      try:
-        for w in range(start, end):
-          st, m = net.run_round(st)
-          if not np.isfinite(m["val_loss"]):
-            raise FloatingPointError(f"held-out loss is {m['val_loss']} at round {w}")
-          rec = dict(m, step=w + 1)
-          rd.log(rec)
-          history.append(rec)
-          if on_round is not None and rd.main:
-            on_round(rec)
-          if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{m['val_loss']:.3f}", evald=m["evaluated"],
-                            top=f"{m['top_uids'][0]}:{m['top_weights'][0]:.2f}")
-          if ckpt.should_save(w + 1) and w + 1 < end:
-            rd.sync()
-            ckpt.save(w + 1, st, {"data_position": w + 1})
-        rd.sync()
-        if end > start:
-          ckpt.save(end, st, {"data_position": end})
-      finally:
-        if bar is not None:
-          bar.close()
-    finally:
-      ckpt.close()
-    rd.write_text("behaviours.json", json.dumps(net.behaviours))
-  return {"state": st, "history": history, "start": start, "end": end, "network": net,
-          "run_id": rd.run_id}
+  built = {}
+
+  def build(run_id: str) -> Task:
+    net = built["net"] = Network(cfg, devices, run_id=run_id)
+    if shd.is_main_process():   # the labels beside the run, for `jaxnet report`
+      (Path(cfg.train.out_dir) / "behaviours.json").write_text(json.dumps(net.behaviours))
+    return Task(state=net.init_state(), total=cfg.sim.rounds, step=lambda st, w: net.run_round(st),
+                host=lambda s, m: dict(m), loss_key="val_loss", unit="round",
+                from_checkpoint=lambda t: NetState(*t), place=net.place,
+                postfix=lambda r: {"loss": f"{r['val_loss']:.3f}", "evald": r["evaluated"],
+                                   "top": f"{r['top_uids'][0]}:{r['top_weights'][0]:.2f}"},
+                hooks=[on_round] if on_round is not None else [])
+
+  compat = {"model": to_dict(cfg.model), "gauntlet": to_dict(cfg.gauntlet)}
+  out = loop.run(cfg, "simulate", build, compat=compat, progress=progress, stop_after=stop_after)
+  return dict(out, network=built["net"])
