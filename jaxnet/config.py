@@ -150,6 +150,8 @@ class DemoConfig:
   collision: Literal["mean", "sum"] = "mean"  # reduce of peers that hit one index (§18 row 1)
   apply_sign: bool = True        # sign of the aggregate in the outer step (§18 row 1)
   peer_batch: int = 1            # lax.map batch size over the peer axis
+  map_elements: int = 0          # tensor elements per lax.map iteration of the chunk transforms;
+                                 # 0 = by backend (2**18 on CPU, 2**24 on accelerators)
 
   def __post_init__(self):
     _require(0 <= self.beta < 1, "demo.beta", "must be in [0, 1)")
@@ -158,6 +160,7 @@ class DemoConfig:
     _require(self.quant_bins == 256 or not self.quantize, "demo.quant_bins",
              "only 256 bins (uint8) are supported")
     _require(self.peer_batch > 0, "demo.peer_batch", "must be positive")
+    _require(self.map_elements >= 0, "demo.map_elements", "must be >= 0")
 
 
 @_static

@@ -103,7 +103,8 @@ def make_layout(params, cfg: DemoConfig, *, n_pages: int,
     tensors.append(TensorLayout(name, shape, nb, blocks, max(1, min(cfg.topk, chunk_len))))
   if len({t.name for t in tensors}) != len(tensors):
     raise ValueError("parameter key paths do not give unique tensor names")
-  return Layout(treedef, tuple(tensors), cfg.quantize, cfg.quant_bins, n_pages)
+  return Layout(treedef, tuple(tensors), cfg.quantize, cfg.quant_bins, n_pages,
+                map_budget(cfg.map_elements))
 
 
 def _batched(fn: Callable, n: int) -> Callable:
@@ -120,14 +121,12 @@ def _batched(fn: Callable, n: int) -> Callable:
 # reuses instead of several copies of the tensor (2-core CPU, one 150m MLP stack: compress
 # 1.9x and decode 3.3x faster than whole-tensor einsums), and peak memory stays bounded.
 
-# Tensor elements per `lax.map` iteration; None picks by backend: 2**18 (1 MiB, cache
-# sized) on CPU, 2**24 on accelerators, where each iteration costs kernel launches.
-MAP_ELEMENTS: int | None = None
-
-
-def _map_elements() -> int:
-  if MAP_ELEMENTS is not None:
-    return MAP_ELEMENTS
+def map_budget(elements: int) -> int:
+  """Tensor elements per `lax.map` iteration (`demo.map_elements`); 0 picks by backend:
+  2**18 (1 MiB, cache sized) on CPU, 2**24 on accelerators, where each iteration costs
+  kernel launches. Fixed into the `Layout` when it is built, never read from a global."""
+  if elements:
+    return elements
   return 1 << 18 if jax.default_backend() == "cpu" else 1 << 24
 
 
@@ -139,10 +138,10 @@ def _units(t: TensorLayout) -> tuple[int, tuple[int, ...], int]:
   return n * t.grid[0], (t.blocks[0], t.tensor_shape[1]), t.grid[1]
 
 
-def _map_units(fn: Callable, xs: tuple, t: TensorLayout):
-  """`lax.map` of fn over the leading unit axis of xs, about MAP_ELEMENTS per iteration."""
+def _map_units(fn: Callable, xs: tuple, t: TensorLayout, budget: int):
+  """`lax.map` of fn over the leading unit axis of xs, about `budget` elements per iteration."""
   n, shape, _ = _units(t)
-  batch = max(1, min(n, _map_elements() // math.prod(shape)))
+  batch = max(1, min(n, budget // math.prod(shape)))
   return lax.map(lambda a: fn(*a), xs, batch_size=batch)
 
 
@@ -268,7 +267,7 @@ def dequantize_values(sub: Submission, t: TensorLayout):
   return _batched(dequantize, t.batch_ndim)(v, sub.qmean[t.name], sub.qlut[t.name])
 
 
-def _encode_leaf(units: tuple, buffer: Callable, t: TensorLayout, cfg: DemoConfig):
+def _encode_leaf(units: tuple, buffer: Callable, t: TensorLayout, cfg: DemoConfig, budget: int):
   """Top-k of the chunked DCT of buffer(*units), then quantisation per tensor slice.
 
   Returns:
@@ -278,7 +277,7 @@ def _encode_leaf(units: tuple, buffer: Callable, t: TensorLayout, cfg: DemoConfi
     coef = _unit_dct(buffer(*xs), t)
     idx = topk_indices(jnp.abs(coef), t.k)
     return idx, jnp.take_along_axis(coef, idx, axis=-1)
-  idx_u, v_u = _map_units(unit, units, t)
+  idx_u, v_u = _map_units(unit, units, t, budget)
   idx, v = idx_u.reshape(t.idx_shape), v_u.reshape(t.idx_shape)
   if not cfg.quantize:
     return idx.astype(jnp.int16), v, None, v_u
@@ -311,7 +310,8 @@ def encode(buffers, layout: Layout, cfg: DemoConfig) -> Submission:
   """
   leaves = []
   for t, x in zip(layout.tensors, layout.treedef.flatten_up_to(buffers)):
-    idx, val, qp, _ = _encode_leaf((_leaf_units(x.astype(jnp.float32), t),), lambda u: u, t, cfg)
+    idx, val, qp, _ = _encode_leaf((_leaf_units(x.astype(jnp.float32), t),), lambda u: u, t, cfg,
+                                  layout.map_elements)
     leaves.append((idx, val, qp))
   return _submission(leaves, layout)
 
@@ -336,7 +336,7 @@ def compress(grads, state: DemoState, lr_t, layout: Layout,
   for t, m, g in zip(layout.tensors, layout.treedef.flatten_up_to(state.momentum),
                      layout.treedef.flatten_up_to(grads)):
     units = (_leaf_units(m, t), _leaf_units(g, t))
-    idx, val, qp, vhat_u = _encode_leaf(units, buffer, t, cfg)
+    idx, val, qp, vhat_u = _encode_leaf(units, buffer, t, cfg, layout.map_elements)
     idx_u = idx.reshape(vhat_u.shape)
 
     def residual(m, g, i, v, t=t):
@@ -346,7 +346,8 @@ def compress(grads, state: DemoState, lr_t, layout: Layout,
       dense = jnp.zeros((i.shape[0], t.chunk_len), jnp.float32).at[rows, i.astype(jnp.int32)].set(
           v, unique_indices=True)
       return buffer(m, g) - jnp.where(feedback, _unit_idct(dense, t), 0.0)
-    moms.append(_map_units(residual, units + (idx_u, vhat_u), t).reshape(t.shape))
+    moms.append(_map_units(residual, units + (idx_u, vhat_u), t, layout.map_elements)
+                .reshape(t.shape))
     leaves.append((idx, val, qp))
   return _submission(leaves, layout), DemoState(layout.treedef.unflatten(moms), state.count + 1)
 
@@ -372,7 +373,7 @@ def decode_one(sub: Submission, layout: Layout):
       sums, counts = _scatter_add(*_zeros(per, t), i, v)
       return _unit_idct(sums / jnp.maximum(counts, 1), t)
     idx = sub.idx[t.name].reshape(n, per, t.k)
-    out.append(_map_units(unit, (idx, vhat), t).reshape(t.shape))
+    out.append(_map_units(unit, (idx, vhat), t, layout.map_elements).reshape(t.shape))
   return layout.treedef.unflatten(out)
 
 
@@ -426,7 +427,7 @@ def aggregate(subs_G: Submission, valid_G, layout: Layout, cfg: DemoConfig):
       coef = sums / jnp.maximum(counts, 1) if cfg.collision == "mean" else sums
       dense = _unit_idct(coef, t)
       return jnp.sign(dense) if cfg.apply_sign else dense
-    out.append(_map_units(unit, (idx, vhat), t).reshape(t.shape))
+    out.append(_map_units(unit, (idx, vhat), t, layout.map_elements).reshape(t.shape))
   return layout.treedef.unflatten(out)
 
 

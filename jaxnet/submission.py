@@ -125,6 +125,7 @@ class Layout:
   quantized: bool
   bins: int
   n_pages: int
+  map_elements: int = 1 << 18         # compute budget of the per-chunk maps (not on the wire)
 
   def field_specs(self) -> dict[str, dict[str, tuple[tuple[int, ...], np.dtype]]]:
     """{field: {tensor name: (shape, dtype)}} of the per-tensor fields."""

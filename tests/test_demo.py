@@ -425,7 +425,7 @@ def test_make_layout_rejects_tensors_it_cannot_chunk():
     demo.make_layout({"w": jnp.zeros((256, 256))}, dataclasses.replace(CFG, chunk=256), n_pages=1)
 
 
-def test_block_row_map_size_does_not_change_results(monkeypatch):
+def test_block_row_map_size_does_not_change_results():
   """Many `lax.map` iterations (with a remainder) equal one iteration per leaf."""
   layout = demo.make_layout(random_tree(SMALL, 0), CFG, n_pages=2)
   g, state = random_tree(SMALL, 1), warm_state(2)
@@ -435,9 +435,10 @@ def test_block_row_map_size_does_not_change_results(monkeypatch):
     return sub, new, decode(sub), aggregate(S.stack([sub, sub]), np.ones(2, bool))
   # The cached functions were traced with the default size: one iteration per small leaf.
   whole = run(step_fn(layout, CFG), decode_fn(layout), aggregate_fn(layout, CFG))
-  assert demo._map_elements() >= max(math.prod(t.shape) for t in layout.tensors)
+  assert layout.map_elements >= max(math.prod(t.shape) for t in layout.tensors)
   # embed: 67 one-row units in batches of 20 (remainder 7); wq: one block-row per iteration.
-  monkeypatch.setattr(demo, "MAP_ELEMENTS", 20 * 64)
+  layout = demo.make_layout(random_tree(SMALL, 0), dataclasses.replace(CFG, map_elements=20 * 64),
+                            n_pages=2)
   fresh = run(jax.jit(lambda g, s: demo.compress(g, s, 1e-3, layout, CFG)),
               jax.jit(lambda s: demo.decode_one(s, layout)),
               jax.jit(lambda s, v: demo.aggregate(s, v, layout, CFG)))
