@@ -3,6 +3,21 @@
 Defaults are the reference commit templar @9ce04f64 (gauntlet.md §15.2, and the validator's
 hard-coded values listed under it) or the default column of gauntlet.md §18. Each field cites
 its section. The section is passed straight into jitted functions (it is a static pytree).
+
+Presets (`preset`). "paper" is the rule set above. "templar-final" is templar's last validator
+(templar @142666f0, schemes.md §5): the rules of `jaxnet.gauntlet.templar`, whose constants
+are the fields under "templar-final rules" (their defaults are templar's values and only that
+preset reads them), plus the shared fields that `PRESETS["templar-final"]` changes.
+
+How a preset fills fields. The preset is expanded when the section is built, in
+`__post_init__`: every field the caller did not pass takes the preset's value. "Did not
+pass" is known exactly, because `__new__` records the keyword arguments of the call; the
+config loader passes only the keys of the YAML file and the command-line overrides, so an
+explicit override always wins, even one equal to the paper default (a rule that compared
+values with the paper defaults could not tell). The expanded values are ordinary field
+values: `to_yaml` writes them and reading that YAML back gives an equal config. One
+consequence: `dataclasses.replace` passes every field, so it never re-expands; switch a
+preset by building a new section, `GauntletConfig(preset=..., **overrides)`.
 """
 from __future__ import annotations
 
@@ -14,7 +29,33 @@ import jax.numpy as jnp
 from jaxnet.configbase import require, static_config
 from jaxnet.gauntlet.rating import RatingParams
 
-__all__ = ["GauntletConfig", "GauntletError", "check_pool_array"]
+__all__ = ["GauntletConfig", "GauntletError", "check_pool_array", "PRESETS", "preset_overrides"]
+
+Preset = Literal["paper", "templar-final"]
+
+# The shared fields each preset changes (schemes.md §5). The templar-only rule constants are
+# not listed: their defaults already are templar's values, and the paper path never reads them.
+PRESETS: dict[str, dict] = {
+  "paper": {},
+  "templar-final": {
+    "uids_per_window": 20,           # 20 evaluated per window; every one when <= 20 active
+    "num_evaluation_bins": 5,        # one bin below 5 x 20 candidates (schemes.md §5)
+    "gather_size": 20,               # the top-20 "gather" group of the weights
+    "sync_saturation": 3.0,          # (1 - min(x, 3)/3)^2.5
+    "sync_estimate": "iqm",          # x = interquartile mean of the steps-behind estimates
+    "reset_inactivity_windows": 3,   # full reset after 3 inactive windows
+    "overlap_detection": True,       # copy detection on (threshold 0.4: the default)
+    "overlap_scope": "gathered",     # checked over the gathered peers only
+    "overlap_warmup_windows": 20,    # skipped in the first 20 steps
+  },
+}
+
+
+def preset_overrides(name: str) -> dict:
+  """The shared fields preset `name` sets, as {field: value} (a copy)."""
+  if name not in PRESETS:
+    raise GauntletError(f"unknown preset {name!r} (known: {', '.join(PRESETS)})")
+  return dict(PRESETS[name])
 
 
 class GauntletError(ValueError):
@@ -39,8 +80,12 @@ class GauntletConfig:
   """The validator's constants (gauntlet.md §6-§14, §15.2, §18).
 
   Slash factors multiply positive scores only (§14, issue #45); every slashed F that ends
-  below `score_floor` becomes 0 (§18 row 10g).
+  below `score_floor` becomes 0 (§18 row 10g). `preset` fills the fields the caller did not
+  set (module docstring).
   """
+  preset: Preset = "paper"               # paper: gauntlet.md rules; templar-final: templar's
+                                         # last validator (schemes.md §5); fills the fields
+                                         # not set explicitly (PRESETS), explicit ones win
   # --- slashes (§7.1-§7.3, §9.2 step 2, §14; hard-coded 0.75 in the reference validator)
   slash_inactive: float = 0.75           # per inactive window (§7.1)
   slash_missing: float = 0.75            # gather peer skipped / evaluated peer missing or late
@@ -63,6 +108,9 @@ class GauntletConfig:
   sync_saturation: float = 5.0           # x is capped at 5 steps behind
   sync_exponent: float = 2.5             # (1 - min(x, 5)/5)^2.5
   sync_max_steps_behind: float = 3.0     # desync slash when x > 3
+  sync_estimate: Literal["mean", "iqm"] = "mean"  # x from the probe positions' steps-behind
+                                         # estimates: their mean (§7.2) or interquartile mean
+                                         # (templar-final, schemes.md §5)
 
   # --- LossScore (§9, §18 rows 2, 3)
   eval_lr_factor: float = 0.2            # e in theta - eta * e * sign(delta)
@@ -113,10 +161,55 @@ class GauntletConfig:
   # templar weights each tensor by its number of transmitted indices (C * k); "elements"
   # weights by the tensor's element count (C * chunk_len) instead.
   overlap_size_weight: Literal["indices", "elements"] = "indices"
+  overlap_scope: Literal["all", "gathered"] = "all"  # peers compared: every valid upload, or
+                                         # the gathered peers only (templar-final)
+  overlap_warmup_windows: int = 0        # no copy verdict in windows < this (templar-final 20:
+                                         # "skipped in the first 20 steps"); 0 = always checked
+
+  # --- templar-final rules (schemes.md §5; read only when preset is templar-final)
+  missing_score: float = -99.0           # a missing or invalid evaluated gradient enters the
+                                         # match with this score: last place (L3330-3343)
+  bma_threshold: float = 0.10            # BMA' = 0 when BMA < 0.10 once warm
+  bma_warmup_windows: int = 10           # a uid's evaluated windows before bma_threshold applies
+  burn_share: float = 0.5                # weight share burned (update_weights, L1084-1164)
+  burn_uid: int = -1                     # uid paid the burn share; -1 = none: the share is
+                                         # withheld and the weights sum to 1 - burn_share
+  weight_top_count: int = 20             # top positive final scores on the linear ramp
+  weight_top_share: float = 0.75         # of the non-burned weight, to the top group
+  weight_top_ratio: float = 2.0          # w_1 / w_last of the top group's linear ramp
+  weight_reserve_count: int = 10         # the next uids, on a geometric ramp (reserve group)
+  weight_reserve_decay: float = 0.5      # reserve ramp ratio; also the cap factor below the
+                                         # smallest top weight
+  missing_escalation: tuple[float, ...] = (0.75, 0.5, 0.0)  # F and BMA factor of the k-th
+                                         # consecutive missing gradient (last entry repeats)
+  missing_history: int = 8               # missing flags kept per uid (last 8 observed windows)
+  missing_reset_fraction: float = 0.5    # missing >= this fraction of them: reset and timeout
+  missing_timeout_windows: int = 20      # timeout after that reset (as the overlap timeout)
+  negative_history: int = 8              # evaluation signs kept per uid (last 8 evaluations)
+  negative_fraction: float = 0.5         # more than this fraction negative: F x negative_slash
+  negative_slash: float = 0.25           # F factor of that penalty
+  negative_streak: int = 3               # this many negative evaluations in a row: excluded
+                                         # from the gather list until a non-negative one
+  negative_skip_rank: int = 5            # both negative penalties skipped when the peer ranked
+                                         # here (or the last, if fewer) scored negative (L587-618)
+
+  def __new__(cls, **kwargs):
+    # Records which fields the caller set, so the preset fills only the others (docstring).
+    self = super().__new__(cls)
+    object.__setattr__(self, "_explicit", frozenset(kwargs))
+    return self
 
   def __post_init__(self):
+    require(self.preset in PRESETS, "gauntlet.preset",
+            f"{self.preset!r} is not one of {list(PRESETS)}")
+    explicit = getattr(self, "_explicit", frozenset())
+    for name, value in PRESETS[self.preset].items():
+      if name not in explicit:
+        object.__setattr__(self, name, value)
     for name in ("slash_inactive", "slash_missing", "slash_desync", "overlap_slash",
-                 "gather_slash_threshold"):
+                 "gather_slash_threshold", "bma_threshold", "burn_share", "weight_top_share",
+                 "weight_reserve_decay", "missing_reset_fraction", "negative_fraction",
+                 "negative_slash"):
       value = getattr(self, name)
       require(0.0 <= value <= 1.0, f"gauntlet.{name}", f"must be in [0, 1], got {value}")
     require(self.score_floor >= 0.0, "gauntlet.score_floor", "must be >= 0")
@@ -124,7 +217,13 @@ class GauntletConfig:
                  "gather_size", "minimum_peers", "peer_replacement_frequency", "eval_batch"):
       value = getattr(self, name)
       require(value > 0, f"gauntlet.{name}", f"must be positive, got {value}")
-    for name in ("uids_per_window", "peer_list_window_margin", "overlap_timeout_windows"):
+    for name in ("weight_top_count", "missing_history", "negative_history", "negative_streak",
+                 "negative_skip_rank"):
+      value = getattr(self, name)
+      require(value > 0, f"gauntlet.{name}", f"must be positive, got {value}")
+    for name in ("uids_per_window", "peer_list_window_margin", "overlap_timeout_windows",
+                 "overlap_warmup_windows", "bma_warmup_windows", "weight_reserve_count",
+                 "missing_timeout_windows"):
       value = getattr(self, name)
       require(value >= 0, f"gauntlet.{name}", f"must be >= 0, got {value}")
     require(self.candidate_stake_cap >= 0, "gauntlet.candidate_stake_cap", "must be >= 0")
@@ -148,3 +247,10 @@ class GauntletConfig:
             "need 0 <= overlap_threshold <= overlap_max_threshold <= "
             f"overlap_mega_threshold <= 1, got {self.overlap_threshold}, "
             f"{self.overlap_max_threshold}, {self.overlap_mega_threshold}")
+    require(self.weight_top_ratio >= 1.0, "gauntlet.weight_top_ratio",
+            f"must be >= 1 (w_1 >= w_last), got {self.weight_top_ratio}")
+    require(self.burn_uid >= -1, "gauntlet.burn_uid", f"must be a uid or -1, got {self.burn_uid}")
+    require(len(self.missing_escalation) > 0
+            and all(0.0 <= f <= 1.0 for f in self.missing_escalation),
+            "gauntlet.missing_escalation",
+            f"needs at least one factor, each in [0, 1], got {list(self.missing_escalation)}")

@@ -14,6 +14,15 @@ fixed pool of N uids and in one jitted call:
   7. optional index-overlap copy detection (§14, §18 row 4)
   8. weights F^p / Σ F^p (§12)
 
+`cfg.preset == "templar-final"` (schemes.md §5) switches, by static branches on the config,
+to templar's final rules (`jaxnet.gauntlet.templar`): timed-out, excluded and burn uids
+leave the gather list; x from the IQM of the probe estimates; missing or invalid evaluated
+gradients play the match at -99; F = ordinal x BMA' x sync with BMA' thresholded; then, on
+that fresh F, the escalating missing-gradient slash, the reset and timeout of frequent
+missers, F <- 0 for invalid gradients and the negative-evaluation penalties; copy detection
+over the gathered peers after 20 windows; burn + top/reserve ramp weights. The paper path
+("paper", the default) runs exactly the operations it ran before the preset existed.
+
 The report holds, per uid, every term and every slash with its reason, so a peer can see
 why it earned what it earned (`jaxnet report`). Randomness comes only from `key`, which
 the caller derives from (seed, window): validators with the same inputs agree.
@@ -26,7 +35,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxnet.config import ModelConfig
-from jaxnet.gauntlet import fast, lossscore, overlap, rating, scores, select
+from jaxnet.gauntlet import fast, lossscore, overlap, rating, scores, select, templar
 from jaxnet.gauntlet.config import GauntletConfig
 from jaxnet.submission import Layout, Submission
 
@@ -41,6 +50,7 @@ class ValidatorState(NamedTuple):
   last_upload: jax.Array   # [N] int32 window of the latest gradient object
   weights: jax.Array       # [N] float32 latest weights
   window: jax.Array        # () int32 last processed window
+  templar: templar.TemplarState  # histories of the templar-final rules (untouched by paper)
 
 
 class RoundInputs(NamedTuple):
@@ -63,7 +73,8 @@ def init_state(n_uids: int, cfg: GauntletConfig) -> ValidatorState:
       gather=select.init_gather(cfg.gather_size),
       last_upload=jnp.full((n_uids,), NEVER, jnp.int32),
       weights=jnp.zeros((n_uids,), jnp.float32),
-      window=jnp.int32(-1))
+      window=jnp.int32(-1),
+      templar=templar.init_state(n_uids, cfg))
 
 
 def _take(tree, idx):
@@ -123,7 +134,8 @@ def score_round(state: ValidatorState, inputs: RoundInputs, params, window, lr_t
   n = state.last_upload.shape[0]
   window = jnp.asarray(window, jnp.int32)
   k_gather, k_select = jax.random.split(key)
-  sc, rt = state.scores, state.rating
+  sc, rt, ts = state.scores, state.rating, state.templar
+  tf = cfg.preset == "templar-final"   # static: the config is a static pytree
 
   # 1. uptime (§6, §7.1)
   last_upload = fast.update_activity(state.last_upload, inputs.present, window)
@@ -134,8 +146,15 @@ def score_round(state: ValidatorState, inputs: RoundInputs, params, window, lr_t
   rt = rating.reset(rt, reset_inactive, cfg.rating)
 
   # 2. gather list and gather checks (§13, §7.3, §7.4)
-  gather_state, in_gather = select.gather_step(state.gather, window, state.weights, active,
-                                               k_gather, cfg)
+  if tf:   # timed-out, excluded (3 negatives in a row) and burn uids are not gathered
+    blocked = (window < sc.timeout_until) | ts.excluded | (jnp.arange(n) == cfg.burn_uid)
+    gather_state, in_gather = select.gather_step(
+        state.gather, window, jnp.where(blocked, 0.0, state.weights), active & ~blocked,
+        k_gather, cfg)
+    in_gather = in_gather & ~blocked   # a list posted earlier loses them at once
+  else:
+    gather_state, in_gather = select.gather_step(state.gather, window, state.weights, active,
+                                                 k_gather, cfg)
   tl = fast.timeliness(inputs.present, inputs.offset_s, cfg.put_window_s)
   fmt_ok, fmt_flags = fast.format_ok(inputs.subs, inputs.struct_ok, layout)
   usable = tl.on_time & fmt_ok
@@ -145,12 +164,16 @@ def score_round(state: ValidatorState, inputs: RoundInputs, params, window, lr_t
   # §7.3 post-paper: a gather that mostly failed zeroes the skipped peers instead
   gather_success = (jnp.sum(in_gather & usable, dtype=jnp.float32)
                     / jnp.maximum(jnp.sum(in_gather, dtype=jnp.float32), 1.0))
-  skip_factor = jnp.where(gather_success < cfg.gather_slash_threshold, 0.0, cfg.slash_missing)
-  sc = scores.slash_scores(sc, skip_factor, gather_skipped, cfg)
+  if not tf:   # templar-final: one escalating missing slash after the match (step 6b)
+    skip_factor = jnp.where(gather_success < cfg.gather_slash_threshold, 0.0, cfg.slash_missing)
+    sc = scores.slash_scores(sc, skip_factor, gather_skipped, cfg)
 
   # 3. sync (§7.2): the debug dict of round s−1 against our θ after update s−1
   own_probe = fast.sync_probe(params, layout)
-  x_N = fast.steps_behind(own_probe, inputs.probes, lr_t)
+  if cfg.sync_estimate == "iqm":
+    x_N = templar.steps_behind_iqm(own_probe, inputs.probes, lr_t)
+  else:
+    x_N = fast.steps_behind(own_probe, inputs.probes, lr_t)
   sync_N = fast.sync_score(x_N, inputs.probe_present, cfg)
   desync = scope & fast.desynced(x_N, inputs.probe_present, cfg)
   sc = scores.slash_scores(sc, cfg.slash_desync, desync, cfg)
@@ -163,9 +186,10 @@ def score_round(state: ValidatorState, inputs: RoundInputs, params, window, lr_t
 
   # 5. LossScore (§9) and the indicator (§10)
   missing_eval = selected & ~tl.on_time
-  sc = scores.slash_scores(sc, cfg.slash_missing, missing_eval, cfg)
   malformed_eval = selected & tl.on_time & ~fmt_ok
-  sc = scores.zero_positive(sc, malformed_eval)
+  if not tf:   # templar-final slashes after the match, on the fresh F (step 6b)
+    sc = scores.slash_scores(sc, cfg.slash_missing, missing_eval, cfg)
+    sc = scores.zero_positive(sc, malformed_eval)
   ev = _evaluate(params, inputs, selected & usable, lr_t * cfg.eval_lr_factor, cfg=cfg,
                  layout=layout, model_cfg=model_cfg, mesh=mesh)
   finite = jnp.isfinite(ev["r_own"]) & jnp.isfinite(ev["score"])
@@ -176,30 +200,70 @@ def score_round(state: ValidatorState, inputs: RoundInputs, params, window, lr_t
 
   # 6. rating: one match ranked by the score (§11), F for the participants (§11.4)
   players, match_score = scores.match_players(sc, scored, ev["score"], cfg.carry_unmatched_scores)
+  carried = players & ~scored
+  failed = selected & ~scored   # missing, late, malformed or non-finite
+  if tf:   # they play at -99: last place (schemes.md §5)
+    players, match_score = templar.match_with_missing(players, match_score, failed,
+                                                      cfg.missing_score)
+    carried = carried & ~failed
   rt, rate_metrics = rating.rate(rt, players, match_score, cfg.rating)
   in_match = players & rate_metrics["applied"]
-  carried = players & ~scored
-  sc = scores.settle_pending(sc, players, match_score, rate_metrics["applied"],
-                             cfg.carry_unmatched_scores)
+  sc = scores.settle_pending(sc, players & ~failed if tf else players, match_score,
+                             rate_metrics["applied"], cfg.carry_unmatched_scores)
   stat = rating.ordinal(rt, cfg.rating.z) if cfg.score_statistic == "ordinal" else rt.mu
-  sc = scores.update_final(sc, stat, in_match)
+  if tf:
+    ts = ts._replace(evaluated_windows=ts.evaluated_windows + scored.astype(jnp.int32))
+    bma_eff = templar.bma_effective(sc.bma, ts.evaluated_windows, cfg.bma_threshold,
+                                    cfg.bma_warmup_windows)
+    new_final = templar.final_score(stat.astype(jnp.float32), bma_eff, sc.sync, cfg.score_floor)
+    sc = sc._replace(final=jnp.where(in_match, new_final, sc.final))
+  else:
+    sc = scores.update_final(sc, stat, in_match)
+
+  # 6b. templar-final penalties on this round's F (schemes.md §5)
+  if tf:
+    expected = scope | selected   # whoever should have uploaded a usable gradient
+    missing = expected & ~tl.on_time
+    invalid = (expected & tl.on_time & ~fmt_ok) | (selected & usable & ~finite)
+    ts, miss_factor, reset_missing = templar.missing_step(ts, expected, missing, cfg)
+    # §7.3 post-paper: a gather that mostly failed zeroes its skipped peers
+    miss_factor = jnp.where(in_gather & (gather_success < cfg.gather_slash_threshold), 0.0,
+                            miss_factor)
+    sc = scores.slash_scores(sc, miss_factor, missing, cfg)
+    sc = scores.zero_positive(sc, invalid)
+    neg_skip = templar.skip_negative_penalty(ev["score"], scored, cfg.negative_skip_rank)
+    ts, neg_slash = templar.negative_step(ts, scored, ev["score"], neg_skip, cfg)
+    sc = scores.slash_scores(sc, cfg.negative_slash, neg_slash, cfg, scale_bma=False)
+    sc = scores.reset_uids(sc, reset_missing, cfg.bma_init)
+    sc = sc._replace(timeout_until=templar.set_timeout(sc.timeout_until, reset_missing, window,
+                                                       cfg.missing_timeout_windows))
+    rt = rating.reset(rt, reset_missing, cfg.rating)
 
   # 7. index-overlap copy detection (post-paper, off by default)
   copy_level = jnp.zeros((n,), jnp.int32)
   max_overlap = jnp.zeros((n,), jnp.float32)
+  reset_copy = jnp.zeros((n,), bool)
   if cfg.overlap_detection:
     chunk_lens = {t.name: t.chunk_len for t in layout.tensors}
     ov = overlap.index_overlap(inputs.subs.idx, chunk_lens, cfg.overlap_size_weight)
-    verdict = overlap.copy_slash(ov, jnp.where(usable, inputs.offset_s, jnp.inf), usable,
+    compared = usable & in_gather if cfg.overlap_scope == "gathered" else usable
+    verdict = overlap.copy_slash(ov, jnp.where(compared, inputs.offset_s, jnp.inf), compared,
                                  (cfg.overlap_threshold, cfg.overlap_max_threshold,
                                   cfg.overlap_mega_threshold))
-    sc, reset_copy = overlap.apply_copy_verdict(sc, verdict.level, window, cfg)
+    level = verdict.level
+    if cfg.overlap_warmup_windows > 0:   # "skipped in the first 20 steps"
+      level = jnp.where(window >= cfg.overlap_warmup_windows, level, 0)
+    sc, reset_copy = overlap.apply_copy_verdict(sc, level, window, cfg)
     rt = rating.reset(rt, reset_copy, cfg.rating)
-    copy_level, max_overlap = verdict.level, verdict.max_overlap
+    copy_level, max_overlap = level, verdict.max_overlap
 
-  # 8. weights (§12)
-  w = scores.weights(sc.final, cfg.power, cfg.weight_min_sum, mask=sc.ever_evaluated)
-  new_state = ValidatorState(sc, rt, gather_state, last_upload, w, window)
+  # 8. weights (§12; templar-final: burn + top/reserve ramps)
+  if tf:
+    w, w_info = templar.weights(sc.final, sc.ever_evaluated, cfg)
+    ts = templar.reset(ts, reset_inactive | reset_missing | reset_copy)
+  else:
+    w = scores.weights(sc.final, cfg.power, cfg.weight_min_sum, mask=sc.ever_evaluated)
+  new_state = ValidatorState(sc, rt, gather_state, last_upload, w, window, ts)
   report = {
       "uid": jnp.arange(n, dtype=jnp.int32), "present": inputs.present,
       "on_time": tl.on_time, "too_early": tl.too_early, "too_late": tl.too_late,
@@ -219,4 +283,19 @@ def score_round(state: ValidatorState, inputs: RoundInputs, params, window, lr_t
       "eval_bin": jnp.broadcast_to(sel_metrics["bin"], (n,)),
       "gather_success": jnp.broadcast_to(gather_success, (n,)),
   }
+  if tf:   # the templar-final terms (schemes.md §5); the slashes replace the paper ones
+    report.update({
+        "slash_gather_skipped": scope & missing, "slash_eval_missing": selected & missing,
+        "slash_malformed": invalid, "match_score": jnp.where(in_match, match_score, 0.0),
+        "bma_eff": bma_eff, "missing_factor": miss_factor,
+        "missing_streak": ts.missing_streak,
+        "missing_count": jnp.sum(ts.missing_hist, axis=1, dtype=jnp.int32),
+        "slash_missing_reset": reset_missing, "slash_negative": neg_slash,
+        "negative": scored & (ev["score"] < 0), "neg_streak": ts.negative_streak,
+        "neg_count": jnp.sum(ts.negative_hist, axis=1, dtype=jnp.int32),
+        "neg_skip": jnp.broadcast_to(neg_skip, (n,)), "excluded": ts.excluded,
+        "timeout": window < sc.timeout_until, "timeout_until": sc.timeout_until,
+        "evaluated_windows": ts.evaluated_windows, "weight_group": w_info["group"],
+        "burn": jnp.broadcast_to(w_info["burn"], (n,)),
+    })
   return new_state, report
