@@ -440,6 +440,45 @@ def outer_step(params, direction, lr_t, cfg: DemoConfig):
   return jax.tree.map(lambda p, d: (p * decay - lr_t * d).astype(p.dtype), params, direction)
 
 
+# --------------------------------------------------------------------------- value checks
+
+def check_values(sub: Submission, layout: Layout, decode: bool = True) -> dict[str, jax.Array]:
+  """Value checks of one submission as scalar bool flags; jittable, vmap it over [P, ...].
+
+  Flags (gauntlet.md §7.4): `idx_in_range`; `values_finite` (the dequantised values);
+  `qparams_finite`; `decoded_finite` (the decoded dense gradient; with `decode=False` a
+  sufficient bound instead: every decoded entry is at most the sum of |values| of its chunk,
+  since orthonormal DCT basis entries are at most 1); `ok`, the conjunction of those four.
+  `idx_unique` (no repeated index within a chunk) is informational and not part of `ok`:
+  the reference does not check it, and repeated entries are averaged when decoding.
+  """
+  in_range, vals_ok, q_ok, bound_ok, unique = [], [], [], [], []
+  for t in layout.tensors:
+    idx = sub.idx[t.name].astype(jnp.int32)
+    in_range.append(jnp.all((idx >= 0) & (idx < t.chunk_len)))
+    vhat = dequantize_values(sub, t)
+    vals_ok.append(jnp.all(jnp.isfinite(vhat)))
+    if sub.quantized:
+      q_ok.append(jnp.all(jnp.stack([jnp.all(jnp.isfinite(getattr(sub, f)[t.name]))
+                                     for f in ("qmean", "qscale", "qlut")])))
+    bound_ok.append(jnp.all(jnp.isfinite(jnp.sum(jnp.abs(vhat), axis=-1))))
+    srt = jnp.sort(idx, axis=-1)
+    unique.append(jnp.all(srt[..., 1:] != srt[..., :-1]))
+  flags = {"idx_in_range": jnp.all(jnp.stack(in_range)),
+           "values_finite": jnp.all(jnp.stack(vals_ok)),
+           "qparams_finite": jnp.all(jnp.stack(q_ok)) if q_ok else jnp.bool_(True),
+           "idx_unique": jnp.all(jnp.stack(unique))}
+  if decode:
+    dense = decode_one(sub, layout)
+    flags["decoded_finite"] = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x))
+                                                 for x in jax.tree.leaves(dense)]))
+  else:
+    flags["decoded_finite"] = jnp.all(jnp.stack(bound_ok))
+  flags["ok"] = (flags["idx_in_range"] & flags["values_finite"] & flags["qparams_finite"]
+                 & flags["decoded_finite"])
+  return flags
+
+
 def demo_lr(step, cfg: DemoConfig):
   """Outer learning rate at round `step` (gauntlet.md §5.4); jittable, float32.
 

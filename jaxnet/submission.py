@@ -10,7 +10,8 @@ File format: safetensors (DESIGN.md: never unpickle a peer's upload). Tensor nam
 `<field>/<tensor name>` (e.g. `idx/layers/wq/kernel`); uid, window and pages live in the
 header's `__metadata__` as JSON strings. Every malformed input raises `SubmissionError`
 with a `reason` from `REASONS`; the validator turns it into a penalty (gauntlet.md §7.4,
-§14). Value checks that need the data also exist as the jittable `check_values`.
+§14). Value checks that decode the data are the scheme's (`jaxnet.demo.check_values`):
+this module imports no scheme.
 
 The bytes come from untrusted peers, so every input is bounded before it is parsed: the
 file and header sizes (`max_upload_bytes`, `header_limit`, derived from the layout), the
@@ -449,7 +450,7 @@ def load_submission(path: str | os.PathLike, layout: Layout, **kwargs) -> Submis
 
 
 def _host_checks(sub: Submission, layout: Layout) -> None:
-  """NumPy version of the `check_values` index and finiteness flags (gauntlet.md §7.4)."""
+  """NumPy version of `jaxnet.demo.check_values`' index and finiteness flags (gauntlet.md §7.4)."""
   for t in layout.tensors:
     idx = sub.idx[t.name]
     if idx.size and (idx.min() < 0 or idx.max() >= t.chunk_len):
@@ -459,43 +460,3 @@ def _host_checks(sub: Submission, layout: Layout) -> None:
       a = getattr(sub, f).get(t.name)
       if a is not None and a.dtype.kind == "f" and not np.isfinite(a).all():
         raise SubmissionError("nonfinite", f"{f}/{t.name} holds NaN or Inf")
-
-
-# --------------------------------------------------------------------------- jittable checks
-
-def check_values(sub: Submission, layout: Layout, decode: bool = True) -> dict[str, jax.Array]:
-  """Value checks of one submission as scalar bool flags; jittable, vmap it over [P, ...].
-
-  Flags (gauntlet.md §7.4): `idx_in_range`; `values_finite` (the dequantised values);
-  `qparams_finite`; `decoded_finite` (the decoded dense gradient; with `decode=False` a
-  sufficient bound instead: every decoded entry is at most the sum of |values| of its chunk,
-  since orthonormal DCT basis entries are at most 1); `ok`, the conjunction of those four.
-  `idx_unique` (no repeated index within a chunk) is informational and not part of `ok`:
-  the reference does not check it, and repeated entries are averaged when decoding.
-  """
-  from jaxnet import demo  # demo imports this module; import here to avoid a cycle
-  in_range, vals_ok, q_ok, bound_ok, unique = [], [], [], [], []
-  for t in layout.tensors:
-    idx = sub.idx[t.name].astype(jnp.int32)
-    in_range.append(jnp.all((idx >= 0) & (idx < t.chunk_len)))
-    vhat = demo.dequantize_values(sub, t)
-    vals_ok.append(jnp.all(jnp.isfinite(vhat)))
-    if sub.quantized:
-      q_ok.append(jnp.all(jnp.stack([jnp.all(jnp.isfinite(getattr(sub, f)[t.name]))
-                                     for f in ("qmean", "qscale", "qlut")])))
-    bound_ok.append(jnp.all(jnp.isfinite(jnp.sum(jnp.abs(vhat), axis=-1))))
-    srt = jnp.sort(idx, axis=-1)
-    unique.append(jnp.all(srt[..., 1:] != srt[..., :-1]))
-  flags = {"idx_in_range": jnp.all(jnp.stack(in_range)),
-           "values_finite": jnp.all(jnp.stack(vals_ok)),
-           "qparams_finite": jnp.all(jnp.stack(q_ok)) if q_ok else jnp.bool_(True),
-           "idx_unique": jnp.all(jnp.stack(unique))}
-  if decode:
-    dense = demo.decode_one(sub, layout)
-    flags["decoded_finite"] = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x))
-                                                 for x in jax.tree.leaves(dense)]))
-  else:
-    flags["decoded_finite"] = jnp.all(jnp.stack(bound_ok))
-  flags["ok"] = (flags["idx_in_range"] & flags["values_finite"] & flags["qparams_finite"]
-                 & flags["decoded_finite"])
-  return flags

@@ -174,7 +174,7 @@ def test_transmitted_plus_residual_is_the_buffer_before_compression():
   wq = new.momentum["layers"]["wq"]["kernel"]
   assert float(jnp.abs(wq).max()) > 0
   assert int(new.count) == 101
-  assert bool(jax.jit(lambda s: S.check_values(s, layout))(sub)["ok"])
+  assert bool(jax.jit(lambda s: demo.check_values(s, layout))(sub)["ok"])
 
 
 def test_error_feedback_warmup_skips_the_subtraction():

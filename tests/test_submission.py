@@ -200,7 +200,7 @@ def test_check_values_flags_over_stacked_submissions():
   layout, sub, _ = setup()
   variants = bad_variants(sub, layout)
   stacked = S.stack(list(variants.values()))
-  check = jax.jit(jax.vmap(lambda s: S.check_values(s, layout)))
+  check = jax.jit(jax.vmap(lambda s: demo.check_values(s, layout)))
   flags = {k: np.asarray(v) for k, v in check(stacked).items()}
   assert flags["ok"].tolist() == [True, False, False, True]
   assert flags["idx_in_range"].tolist() == [True, False, True, True]
@@ -208,7 +208,7 @@ def test_check_values_flags_over_stacked_submissions():
   assert flags["qparams_finite"].tolist() == [True, True, False, True]
   assert flags["decoded_finite"].tolist() == [True, True, False, True]
   assert flags["idx_unique"].tolist() == [True, True, True, False]
-  mapped = jax.jit(lambda s: jax.lax.map(lambda x: S.check_values(x, layout, decode=False), s))
+  mapped = jax.jit(lambda s: jax.lax.map(lambda x: demo.check_values(x, layout, decode=False), s))
   assert np.asarray(mapped(stacked)["ok"]).tolist() == [True, False, False, True]
   for name, v in variants.items():                  # the file loader agrees
     if name in ("ok", "dup"):
@@ -226,7 +226,7 @@ def test_decoded_overflow_is_caught_only_after_decoding():
   bad = sub._replace(idx=idx, val=val)
   S.from_bytes(S.to_bytes(bad), layout)                # finite values pass the file checks
   for decode in (True, False):
-    flags = jax.jit(lambda s: S.check_values(s, layout, decode=decode))(bad)
+    flags = jax.jit(lambda s: demo.check_values(s, layout, decode=decode))(bad)
     assert bool(flags["values_finite"]) and not bool(flags["decoded_finite"])
     assert not bool(flags["ok"])
 

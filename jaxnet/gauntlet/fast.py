@@ -13,7 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxnet.gauntlet.config import GauntletConfig
-from jaxnet.submission import Layout, Submission, check_values
+from jaxnet.demo import check_values
+from jaxnet.submission import Layout, Submission
 
 PROBE = slice(10, 12)  # debug-dict positions [10:12] of every tensor (§3.4, §15.2)
 
