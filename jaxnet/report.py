@@ -133,6 +133,9 @@ def main(argv: list[str]) -> int:
   recs = load_metrics(run_dir)
   if not recs:
     raise FileNotFoundError(f"{run_dir}: metrics.jsonl is empty")
+  from jaxnet.rundir import manifest_lines
+  for line in manifest_lines(run_dir if run_dir.is_dir() else run_dir.parent):
+    print(line)
   beh_path = (run_dir if run_dir.is_dir() else run_dir.parent) / "behaviours.json"
   behaviours = json.loads(beh_path.read_text()) if beh_path.exists() else None
   if "report" in recs[0]:

@@ -2,7 +2,9 @@
 
 Every mode (train, decentralised train, simulate) keeps its outputs in `train.out_dir`:
 
-  run.json       {"run_id", "mode", "created"}: who this run is (the id namespaces storage)
+  run.json       the manifest: run id (it namespaces storage), mode, name, creation time, and
+                 one entry per session (start or resume): command line, git commit, package
+                 versions, devices, start/end time and steps (`manifest`, printed by `report`)
   config.yaml    the resolved config of the run; a resume refuses any other config
   metrics.jsonl  one JSON record per step, complete up to the last checkpoint after any kill
   .lock          held (flock) by the one live writer
@@ -111,7 +113,7 @@ class RunDir:
     self.main = jax.process_index() == 0
     self.config = to_dict(cfg)
     self.config_yaml = to_yaml(cfg)   # what --print-config shows; `--config` reads it back
-    self._lock = self._log = None
+    self._lock = self._log = self._last_step = None
     self.resumed = False
     verdict = "ok:"
     if self.main:
@@ -188,19 +190,33 @@ class RunDir:
                      "was damaged, use another train.out_dir")
     _atomic_write(path, "".join(json.dumps(r) + "\n" for r in kept))
     _atomic_write(self.dir / "config.yaml", self.config_yaml)
-    if not (self.dir / "run.json").exists():
-      _atomic_write(self.dir / "run.json", json.dumps(
-          {"run_id": self.run_id, "mode": self.mode, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}))
+    self._write_manifest(start)
     self._log = path.open("a")
     if start > 0:
       print(f"resumed run {self.run_id} from step {start}", flush=True)
     return self
+
+  def _write_manifest(self, start: int) -> None:
+    path = self.dir / "run.json"
+    info = json.loads(path.read_text()) if path.exists() else {
+        "run_id": self.run_id, "mode": self.mode, "name": self.dir.name, "created": _now()}
+    info.setdefault("sessions", []).append(dict(session_facts(), start=_now(), end=None,
+                                                from_step=start, to_step=None))
+    _atomic_write(path, json.dumps(info, indent=1))
+
+  def _end_session(self) -> None:
+    """Closes this session's manifest entry (a killed run leaves end = null)."""
+    path = self.dir / "run.json"
+    info = json.loads(path.read_text())
+    info["sessions"][-1].update(end=_now(), to_step=self._last_step)
+    _atomic_write(path, json.dumps(info, indent=1))
 
   # ------------------------------------------------------------------ writing
   def log(self, record: dict) -> None:
     if self._log is not None:
       self._log.write(json.dumps(record) + "\n")
       self._log.flush()
+      self._last_step = record.get("step")
 
   def sync(self) -> None:
     """Metrics on disk before a checkpoint claims their step (a kill loses neither)."""
@@ -213,6 +229,7 @@ class RunDir:
       self.sync()
       self._log.close()
       self._log = None
+      self._end_session()
     self._release()
 
   def _release(self) -> None:
@@ -225,6 +242,66 @@ class RunDir:
 
   def __exit__(self, *exc):
     self.close()
+
+
+def _now() -> str:
+  return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def _git_commit() -> str:
+  """HEAD of the checkout jaxnet runs from (+dirty with local changes), else a statement."""
+  import subprocess
+  root = Path(__file__).resolve().parent.parent
+  if not (root / ".git").exists():
+    return "not a git checkout"
+  try:
+    head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                          text=True, timeout=10).stdout.strip()
+    dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True, timeout=10).stdout.strip()
+  except (OSError, subprocess.SubprocessError):
+    return "not a git checkout (git unavailable)"
+  return (head + ("+dirty" if dirty else "")) if head else "not a git checkout"
+
+
+def session_facts() -> dict:
+  """What produced a session of a run: command line, code, packages, devices."""
+  import platform
+  import sys
+  from importlib.metadata import PackageNotFoundError, version
+  packages = {"python": platform.python_version()}
+  for name in ("jaxnet", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy",
+               "openskill"):
+    try:
+      packages[name] = version(name)
+    except PackageNotFoundError:
+      packages[name] = "not installed"
+  devices = jax.devices()
+  return {"command": list(sys.argv), "git_commit": _git_commit(), "packages": packages,
+          "devices": {"platform": devices[0].platform, "count": len(devices),
+                      "kind": devices[0].device_kind, "processes": jax.process_count()}}
+
+
+def manifest_lines(run_dir: Path) -> list[str]:
+  """A run's manifest in a few lines (`jaxnet report`); [] when the directory has none."""
+  path = Path(run_dir) / "run.json"
+  if not path.exists():
+    return []
+  try:
+    info = json.loads(path.read_text())
+    sessions = info.get("sessions", [])
+  except (OSError, ValueError, AttributeError):
+    return [f"{path}: unreadable manifest"]
+  lines = [f"run {info.get('run_id')} ({info.get('mode')}, {info.get('name')}), created "
+           f"{info.get('created')}, {len(sessions)} session(s)"]
+  for i, s in enumerate(sessions):
+    pk, dv = s.get("packages", {}), s.get("devices", {})
+    lines.append(f"  session {i}: steps {s.get('from_step')}..{s.get('to_step')}, {s.get('start')} -> "
+                 f"{s.get('end') or 'no clean end (killed or running)'}; commit {s.get('git_commit')}; "
+                 f"jax {pk.get('jax')} python {pk.get('python')}; {dv.get('count')} {dv.get('platform')} "
+                 f"device(s) x {dv.get('processes')} process(es); command: "
+                 f"{' '.join(s.get('command', []))[:160]}")
+  return lines
 
 
 def _atomic_write(path: Path, text: str) -> None:

@@ -116,6 +116,18 @@ def test_resume_refuses_a_changed_learning_rate_or_seed(tmp_path, capsys):
   assert f"resumed run {run_id} from step 3" in capsys.readouterr().out
   assert out["start"] == 3 and out["end"] == 8
   assert [r["step"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")] == list(range(1, 9))
+  # the manifest has one entry per session: what ran, on what, from which step to which
+  info = json.loads((tmp_path / "run" / "run.json").read_text())
+  assert (info["mode"], info["name"]) == ("train", "run")
+  s0, s1 = info["sessions"]
+  assert (s0["from_step"], s0["to_step"], s1["from_step"], s1["to_step"]) == (0, 3, 3, 8)
+  assert s0["end"] and s1["end"] and s1["packages"]["jax"] == jax.__version__
+  assert s1["devices"]["count"] == jax.device_count() and s1["git_commit"]
+  from jaxnet import cli
+  capsys.readouterr()
+  assert cli.main(["report", str(tmp_path / "run"), "--no-plots"]) == 0
+  printed = capsys.readouterr().out
+  assert f"run {run_id} (train, run)" in printed and "session 1: steps 3..8" in printed
 
 
 def test_config_diff_ignores_only_fields_that_extend_the_run():
