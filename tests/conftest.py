@@ -15,7 +15,21 @@ os.environ.setdefault("JAXNET_CACHE", tempfile.mkdtemp(prefix="jaxnet-cache-"))
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+
+def is_shape(x):
+  return isinstance(x, tuple)
+
+
+def random_tree(shapes, seed, scale=1.0):
+  """A float32 tree of standard normals shaped like `shapes` (a tree of shape tuples)."""
+  leaves, treedef = jax.tree.flatten(shapes, is_leaf=is_shape)
+  rng = np.random.default_rng(seed)
+  return treedef.unflatten([jnp.asarray(scale * rng.standard_normal(s), jnp.float32)
+                            for s in leaves])
 
 
 def n_devices() -> int:

@@ -14,22 +14,11 @@ import pytest
 import scipy.fft
 from jax.sharding import NamedSharding, PartitionSpec as PS
 
-from conftest import skip_if_not_enough_devices
+from conftest import random_tree, skip_if_not_enough_devices
 from jaxnet import demo
 from jaxnet import model as jmodel
 from jaxnet import submission as S
 from jaxnet.config import DemoConfig, load_config
-
-
-def is_shape(x):
-  return isinstance(x, tuple)
-
-
-def random_tree(shapes, seed, scale=1.0):
-  leaves, treedef = jax.tree.flatten(shapes, is_leaf=is_shape)
-  rng = np.random.default_rng(seed)
-  return treedef.unflatten([jnp.asarray(scale * rng.standard_normal(s), jnp.float32)
-                            for s in leaves])
 
 
 # A cut-down model layout covering every chunk case: prime rows (67 -> chunk 1), prime

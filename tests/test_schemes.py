@@ -13,21 +13,11 @@ import numpy as np
 import optax
 import pytest
 
+from conftest import is_shape, random_tree
 from jaxnet import model as jmodel
 from jaxnet.config import load_config
 from jaxnet.configbase import ConfigError, field_docs
 from jaxnet.schemes import diloco as dl, pack, quant, sparseloco as sl
-
-
-def is_shape(x):
-  return isinstance(x, tuple)
-
-
-def random_tree(shapes, seed, scale=1.0):
-  leaves, treedef = jax.tree.flatten(shapes, is_leaf=is_shape)
-  rng = np.random.default_rng(seed)
-  return treedef.unflatten([jnp.asarray(scale * rng.standard_normal(s), jnp.float32)
-                            for s in leaves])
 
 
 # Chunk cases: prime rows (67 -> 1x64 chunks, an odd index count), a batched 1-D leaf and
