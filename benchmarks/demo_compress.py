@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.fft
 
-from jaxnet import demo
+from jaxnet.schemes import demo
 from jaxnet import model as jmodel
 from jaxnet.config import DemoConfig, load_config
 

@@ -61,7 +61,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
-from jaxnet import data as jdata, demo, peer, sharding as shd  # noqa: E402
+from jaxnet import data as jdata, peer, sharding as shd  # noqa: E402
+from jaxnet.schemes import demo  # noqa: E402
 from jaxnet import model as jmodel, train as jtrain  # noqa: E402
 from jaxnet.config import load_config  # noqa: E402
 from jaxnet.gauntlet import lossscore, rating  # noqa: E402
@@ -128,7 +129,7 @@ def prepare(name: str, args) -> dict:
   layout = demo.make_layout(params, cfg.demo, n_pages=cfg.data.pages_per_window)
   R = args.real_peers
   run = jax.jit(lambda p, s, b: peer.peers_round(p, s, b, cfg.demo.lr, layout, cfg))
-  subs, _, _ = run(params, peer.init_states(params, R), corpus.peer_batches(np.arange(R), WINDOW))
+  subs, _, _ = run(params, peer.init_states(params, R, cfg), corpus.peer_batches(np.arange(R), WINDOW))
   rand = corpus.batch_from_pages(corpus.random_pages(WINDOW))
   print(f"[{name}] {jmodel.count_params(params):,} params, loss {loss:.3f} after "
         f"{args.warm_steps} steps, {R} real peers in {time.perf_counter() - t0:.1f} s", flush=True)

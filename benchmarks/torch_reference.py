@@ -7,7 +7,7 @@ the LossScore procedure as the reference validator runs it (gauntlet.md §9.2): 
 peer at a time, decode its submission, apply θ − η·e·sign(decode(Δ)) to the live weights
 in place, run the forward passes, then copy the saved weights back.
 
-Weights live in a flat dict keyed by the `jaxnet.demo` tensor names
+Weights live in a flat dict keyed by the `jaxnet.schemes.demo` tensor names
 ('layers/wq/kernel', ...), in the jaxnet orientation (kernels [in, out], layers stacked on
 a leading axis), so a peer's submission applies tensor by tensor. Everything is float32
 (scoring paths are float32, DESIGN.md); the reference uses bf16 autocast.
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from jaxnet import demo
+from jaxnet.schemes import demo
 from jaxnet.config import ModelConfig
 from jaxnet.submission import FIELDS, Layout, Submission
 
@@ -111,7 +111,7 @@ class TorchDecoder:
   As DeMo's `decompress`: dequantise (lut[q] + mean, per tensor slice), scatter the values
   into zeroed chunks with a mean over repeated indices (`scatter_reduce_`, 'mean',
   include_self=False), then the blockwise inverse DCT with precomputed orthonormal bases
-  (`jaxnet.demo.dct_basis`, the same matrices). Chunk order is row-major over the block grid.
+  (`jaxnet.schemes.demo.dct_basis`, the same matrices). Chunk order is row-major over the block grid.
   """
 
   def __init__(self, layout: Layout, device="cpu"):

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from _common import ROOT, fresh_run_dir, out_paths, run_sim, write_json
-from jaxnet import demo
+from jaxnet.schemes import demo
 from jaxnet.config import load_config
 from jaxnet.gauntlet import collect
 from jaxnet.gauntlet.validator import score_round

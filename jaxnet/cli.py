@@ -22,10 +22,11 @@ USER_ERRORS = (("jaxnet.configbase", "ConfigError"), ("jaxnet.checkpoint", "Chec
                ("jaxnet.report", "ReportError"))
 
 RUN_HELP = {
-    "train": "Trains the model: centralised AdamW (train.optimizer: adamw) or DeMo across "
-             "train.peers simulated peers (train.optimizer: demo). Outputs go to "
-             "train.out_dir.",
-    "simulate": "Runs the permissionless network: peers with the sim.peers behaviours, the "
+    "train": "Trains the model: centralised AdamW (train.optimizer: adamw) or the config's "
+             "scheme (--scheme demo|diloco|sparseloco) across train.peers simulated peers "
+             "(train.optimizer: decentral). Outputs go to train.out_dir.",
+    "simulate": "Runs the permissionless network under the config's scheme (--scheme "
+                "demo|diloco|sparseloco): peers with the sim.peers behaviours, the "
                 "Gauntlet validator and, every sim.ledger_every rounds, a ledger epoch. "
                 "Outputs go to train.out_dir; inspect them with `jaxnet report`.",
 }
@@ -151,7 +152,7 @@ def cmd_train(argv: list[str]) -> int:
     return 0
   from jaxnet.sharding import maybe_initialize_distributed
   maybe_initialize_distributed()
-  if cfg.train.optimizer == "demo":
+  if cfg.train.optimizer == "decentral":
     from jaxnet import decentral
     result = decentral.train(cfg)
   else:

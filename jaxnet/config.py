@@ -22,9 +22,13 @@ import yaml
 from jaxnet.configbase import ConfigError
 from jaxnet.gauntlet.config import GauntletConfig
 from jaxnet.ledger.config import LedgerConfig
+from jaxnet.schemes.demo import DemoConfig
+from jaxnet.schemes.diloco import DiLoCoConfig
+from jaxnet.schemes.inner import InnerConfig
+from jaxnet.schemes.sparseloco import SparseLoCoConfig
 from jaxnet.sim.config import SimConfig, require as _require, static_config as _static
 
-__all__ = ["ConfigError", "Config", "load_config", "parse_overrides", "config_from_dict", "to_dict",
+__all__ = ["ConfigError", "Config", "DemoConfig", "load_config", "parse_overrides", "config_from_dict", "to_dict",
            "to_yaml", "describe_fields", "FieldInfo"]
 
 
@@ -76,8 +80,9 @@ class DataConfig:
 @_static
 class TrainConfig:
   """Centralised AdamW baseline (gauntlet.md §2.3, jax.md §4.4 constants)."""
-  optimizer: Literal["adamw", "demo"] = "adamw"  # centralised AdamW, or DeMo across train.peers
-  steps: int = 20                # optimizer steps (DeMo: rounds)
+  optimizer: Literal["adamw", "decentral"] = "adamw"  # centralised AdamW, or the config's
+                                 #   scheme across train.peers honest peers
+  steps: int = 20                # optimizer steps (decentralised: rounds)
   batch_size: int = 8            # global sequences per step
   microbatch: int = 0            # sequences per gradient-accumulation step; 0 = batch_size
   lr: float = 1e-3               # AdamW peak learning rate
@@ -130,53 +135,31 @@ class CheckpointConfig:
 
 
 @_static
-class DemoConfig:
-  """DeMo compressor and outer step (gauntlet.md §3.2, §5, §15.2; jax.md §4.1)."""
-  beta: float = 0.999            # momentum_decay
-  topk: int = 32                 # topk_compression, per chunk
-  chunk: int = 64                # target_chunk: largest divisor <= 64 per dimension
-  quantize: bool = True          # 8-bit values, 256 bins, 6 sigma (reference commit)
-  quant_bins: int = 256          # quantization bins (uint8 only)
-  quant_range: float = 6.0       # quantization range in standard deviations
-  ef_warmup: int = 5             # first calls skip error feedback (§18 row 10b)
-  weight_decay: float = 0.0      # lambda at the reference commit
-  lr: float = 4e-4               # outer sign-SGD step size eta
-  warmup: int = 250              # windows of linear warm-up from 0.1x (§5.4)
-  t0: int = 20000                # cosine with warm restarts, first period (§5.4)
-  t_mult: int = 2                # period multiplier of each restart (§5.4)
-  min_lr_factor: float = 0.1     # cosine floor as a fraction of lr (§5.4)
-  norm_eps: float = 1e-8         # per-chunk L2 normalisation epsilon (§5.1)
-  normalisation: Literal["chunk", "tensor", "none"] = "chunk"  # L2 norm of peer values (§18 row 1)
-  collision: Literal["mean", "sum"] = "mean"  # reduce of peers that hit one index (§18 row 1)
-  apply_sign: bool = True        # sign of the aggregate in the outer step (§18 row 1)
-  peer_batch: int = 1            # lax.map batch size over the peer axis
-  map_elements: int = 0          # tensor elements per lax.map iteration of the chunk transforms;
-                                 # 0 = by backend (2**18 on CPU, 2**24 on accelerators)
-
-  def __post_init__(self):
-    _require(0 <= self.beta < 1, "demo.beta", "must be in [0, 1)")
-    _require(self.topk > 0, "demo.topk", "must be positive")
-    _require(self.chunk > 0, "demo.chunk", "must be positive")
-    _require(self.quant_bins == 256 or not self.quantize, "demo.quant_bins",
-             "only 256 bins (uint8) are supported")
-    _require(self.peer_batch > 0, "demo.peer_batch", "must be positive")
-    _require(self.map_elements >= 0, "demo.map_elements", "must be >= 0")
-
-
-@_static
 class Config:
   """The whole config tree: one section per subsystem."""
+  scheme: str = "demo"           # training scheme of every decentralised mode: demo, diloco or
+                                 #   sparseloco (a module of jaxnet.schemes with a section here)
   model: ModelConfig = field(default_factory=ModelConfig)
   data: DataConfig = field(default_factory=DataConfig)
   train: TrainConfig = field(default_factory=TrainConfig)
   mesh: MeshConfig = field(default_factory=MeshConfig)
   checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
   demo: DemoConfig = field(default_factory=DemoConfig)
+  inner: InnerConfig = field(default_factory=InnerConfig)
+  diloco: DiLoCoConfig = field(default_factory=DiLoCoConfig)
+  sparseloco: SparseLoCoConfig = field(default_factory=SparseLoCoConfig)
   gauntlet: GauntletConfig = field(default_factory=GauntletConfig)
   sim: SimConfig = field(default_factory=SimConfig)
   ledger: LedgerConfig = field(default_factory=LedgerConfig)
 
   def __post_init__(self):
+    from jaxnet import schemes   # here, not at the top: scheme modules import this one
+    try:
+      schemes.scheme_class(self.scheme)
+    except ValueError as e:
+      raise ConfigError(f"scheme: {e}") from None
+    _require(dataclasses.is_dataclass(getattr(self, self.scheme, None)), "scheme",
+             f"{self.scheme!r} has no config section")
     _require(self.data.seq_len <= self.model.max_seq_len, "data.seq_len",
              f"{self.data.seq_len} exceeds model.max_seq_len={self.model.max_seq_len}")
     if self.data.tokenizer == "byte":
@@ -290,11 +273,18 @@ def parse_overrides(args: list[str]) -> dict:
         raise ConfigError(f"{key}: override is missing its value")
       i += 1
       raw = args[i]
-    if "." not in key:
-      raise ConfigError(f"{key}: overrides name a field as section.field")
+    if "." not in key and key not in _root_scalars():
+      raise ConfigError(f"{key}: overrides name a field as section.field (or one of "
+                        f"{sorted(_root_scalars())})")
     _set_dotted(tree, key, yaml.safe_load(raw))
     i += 1
   return tree
+
+
+def _root_scalars() -> set[str]:
+  """Fields of `Config` itself that are not sections (e.g. `scheme`)."""
+  hints = typing.get_type_hints(Config)
+  return {f.name for f in dataclasses.fields(Config) if not dataclasses.is_dataclass(hints[f.name])}
 
 
 def _merge(base: dict, over: dict) -> dict:

@@ -1,11 +1,13 @@
-"""Decentralised training with DeMo: P honest peers, top-G aggregate, sign-SGD outer step.
+"""Decentralised training: P honest peers, top-G aggregate, the scheme's outer step.
 
-`jaxnet train --config configs/small.yaml --train.optimizer demo --train.peers 8`
+`jaxnet train --config configs/small.yaml --train.optimizer decentral --train.peers 8`
+(`--scheme diloco` or `--scheme sparseloco` for the other schemes; DeMo is the default).
 
-Each round w (gauntlet.md §15.1): every peer computes gradients on its assigned pages
-`pages(uid, w)` and its DeMo submission (`jaxnet.peer`); the first G = min(gather_size, P)
-peers are aggregated (all peers are honest here, so the gather list is simply uids
-0..G-1); every node applies θ ← θ − η_t·sign(·). With `train.compare_baseline` the AdamW
+Each round w (gauntlet.md §15.1, schemes.md §1): every peer runs the scheme's local
+computation on its assigned pages `pages(uid, w)` and encodes its submission
+(`jaxnet.peer`); the first G = min(gather_size, P) peers are aggregated (all peers are
+honest here, so the gather list is simply uids 0..G-1); every node applies the scheme's
+outer optax transformation to the aggregate. With `train.compare_baseline` the AdamW
 baseline then runs with the same tokens per round (batch = P × pages × page_size
 sequences) for the same number of steps, and both curves go into one PNG.
 """
@@ -18,8 +20,9 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
-from jaxnet import demo, peer, sharding as shd
+from jaxnet import peer, schemes, sharding as shd
 from jaxnet import model as jmodel
 from jaxnet import loop
 from jaxnet.loop import Task
@@ -29,20 +32,23 @@ from jaxnet.rundir import read_metrics
 from jaxnet.train import check_vocab
 
 
-def round_fn(params, states_P, batches_PxSxL, window, *, cfg: Config, layout, mesh, n_gather):
+def round_fn(params, outer_state, states_P, batches_PxSxL, window, *, cfg: Config, layout, mesh,
+             n_gather):
   """One round for every peer plus the outer step; pure, jitted by `DecentralRun`."""
-  lr_t = demo.demo_lr(window, cfg.demo)
+  scheme = schemes.get(cfg)
+  lr_t = scheme.step_size(window)
   subs_P, states_P, losses_P = peer.peers_round(params, states_P, batches_PxSxL, lr_t,
                                                 layout, cfg, mesh)
   gather = jax.tree.map(lambda x: x[:n_gather], subs_P)
-  direction = demo.aggregate(gather, jnp.ones((n_gather,), bool), layout, cfg.demo)
-  params = demo.outer_step(params, direction, lr_t, cfg.demo)
-  return params, states_P, {"loss": jnp.mean(losses_P), "lr": lr_t}
+  direction = scheme.aggregate(gather, jnp.ones((n_gather,), bool), layout)
+  updates, outer_state = scheme.outer().update(direction, outer_state, params)
+  params = optax.apply_updates(params, updates)
+  return params, outer_state, states_P, {"loss": jnp.mean(losses_P), "lr": lr_t}
 
 
 # Module level: runs with equal static pieces share the compile cache.
 _round = jax.jit(round_fn, static_argnames=("cfg", "layout", "mesh", "n_gather"),
-                 donate_argnums=(0, 1))
+                 donate_argnums=(0, 1, 2))
 
 
 class DecentralRun:
@@ -56,9 +62,12 @@ class DecentralRun:
     check_vocab(cfg, self.corpus)
     self.uids = np.arange(n_peers)
     params = jmodel.init_params(cfg.model, jax.random.key(cfg.train.seed))
-    self.layout = demo.make_layout(params, cfg.demo, n_pages=cfg.data.pages_per_window)
+    scheme = schemes.get(cfg)
+    scheme.check_config()
+    self.layout = scheme.make_layout(params, n_pages=cfg.data.pages_per_window)
     self.params = params
-    self.states = peer.init_states(params, n_peers)
+    self.outer_state = scheme.outer().init(params)
+    self.states = peer.init_states(params, n_peers, cfg)
     self.n_gather = min(cfg.gauntlet.gather_size, n_peers)
     self.step = partial(_round, cfg=cfg, layout=self.layout, mesh=self.mesh,
                         n_gather=self.n_gather)
@@ -70,39 +79,43 @@ class DecentralRun:
 
 
 def decentral_task(cfg: Config, run: DecentralRun) -> Task:
-  """Rounds of P honest peers as a `jaxnet.loop.Task` (state: params and peer states)."""
+  """Rounds of P honest peers as a `jaxnet.loop.Task` (state: params, the outer
+  optimizer's state and the peers' scheme states)."""
   val = run.corpus.val_batch(min(64, run.corpus.n_val))
   val_loss = jax.jit(partial(jmodel.loss_fn, cfg=cfg.model))
 
   def step(state, w):
-    params, states, m = run.step(*state, run.batches(w), jnp.int32(w))
+    params, outer_state, states, m = run.step(*state, run.batches(w), jnp.int32(w))
     if cfg.train.eval_every and (w + 1) % cfg.train.eval_every == 0:
       m = dict(m, val_loss=val_loss(params, val))
-    return (params, states), m
+    return (params, outer_state, states), m
 
   def place(state):
     # committed placements from the start, so the first and later rounds share one compilation
-    params, states = state
-    return (shd.put_tree(params, shd.replicated(run.mesh)),
+    params, outer_state, states = state
+    rep = shd.replicated(run.mesh)
+    return (shd.put_tree(params, rep), shd.put_tree(outer_state, rep),
             shd.put_tree(states, shd.along(run.mesh, "peer")))
 
-  return Task(state=(run.params, run.states), total=cfg.train.steps, step=step,
+  return Task(state=(run.params, run.outer_state, run.states), total=cfg.train.steps, step=step,
               host=lambda s, m: {k: float(v) for k, v in m.items()}, unit="round",
               tokens_per_step=run.tokens_per_round, from_checkpoint=tuple, place=place,
               postfix=lambda r: {"loss": f"{r['loss']:.4f}"})
 
 
 def train(cfg: Config, *, progress: bool = True, devices=None, stop_after: int | None = None) -> dict:
-  """Runs (or resumes) a decentralised DeMo run; optionally the matched AdamW baseline."""
-  if cfg.train.optimizer != "demo":
-    raise ConfigError(f"train.optimizer: decentral.train needs 'demo', got {cfg.train.optimizer!r}")
+  """Runs (or resumes) a decentralised run of `cfg.scheme`; optionally the matched AdamW
+  baseline."""
+  if cfg.train.optimizer != "decentral":
+    raise ConfigError("train.optimizer: decentral.train needs 'decentral', got "
+                      f"{cfg.train.optimizer!r}")
   run = DecentralRun(cfg, devices)
-  compat = {"model": to_dict(cfg.model), "optimizer": "demo", "peers": cfg.train.peers,
-            "demo": to_dict(cfg.demo)}
+  compat = {"model": to_dict(cfg.model), "optimizer": "decentral", "peers": cfg.train.peers,
+            "scheme": cfg.scheme, cfg.scheme: to_dict(getattr(cfg, cfg.scheme))}
   out = loop.run(cfg, "train", lambda run_id: decentral_task(cfg, run), compat=compat,
                  progress=progress, stop_after=stop_after)
-  params, states = out["state"]
-  result = dict(out, params=params, states=states)
+  params, outer_state, states = out["state"]
+  result = dict(out, params=params, outer_state=outer_state, states=states)
   if out["end"] == cfg.train.steps and cfg.train.compare_baseline and out["main"]:
     result["baseline"] = run_baseline(cfg, run.tokens_per_round, progress, devices)
     plot_comparison(Path(cfg.train.out_dir), cfg)
@@ -134,11 +147,11 @@ def plot_comparison(out_dir: Path, cfg: Config) -> None:
   base_recs = read_metrics(out_dir / "adamw_baseline" / "metrics.jsonl")
   fig, ax = plt.subplots(figsize=(6, 4))
   ax.plot([r["step"] for r in demo_recs], [r["loss"] for r in demo_recs],
-          label=f"DeMo, {cfg.train.peers} peers (mean peer loss)")
+          label=f"{cfg.scheme}, {cfg.train.peers} peers (mean peer loss)")
   if base_recs:
     ax.plot([r["step"] for r in base_recs], [r["loss"] for r in base_recs],
             label="AdamW, same tokens per round")
-  for recs, style, name in ((demo_recs, "o", "DeMo val"), (base_recs, "s", "AdamW val")):
+  for recs, style, name in ((demo_recs, "o", f"{cfg.scheme} val"), (base_recs, "s", "AdamW val")):
     val = [(r["step"], r["val_loss"]) for r in recs if "val_loss" in r]
     if val:
       ax.plot(*zip(*val), style + "--", label=name)

@@ -1,17 +1,20 @@
-"""DeMo submissions: the typed pytree a peer uploads, its file format and its checks.
+"""Submissions: the typed pytree a peer uploads, its file format and its checks.
 
-A submission is one peer's compressed pseudo-gradient for one round (gauntlet.md §3.2-§3.3):
-for every parameter tensor, the chunk-local top-k indices (int16) and their values (float32,
-or uint8 codes with per-tensor quantisation parameters), plus the metadata (uid, window,
-pages). `Layout` is the static description of what a well-formed submission looks like for
-one parameter tree; `jaxnet.demo.make_layout` builds it.
+A submission is one peer's encoded update for one round (gauntlet.md §3.2-§3.3,
+schemes.md §1): per parameter tensor, up to five arrays in fixed slots (`idx`, `val`,
+`qmean`, `qscale`, `qlut`) whose shapes and dtypes the scheme chooses (DeMo: int16
+top-k indices and uint8 codes with 8-bit LUTs; SparseLoCo: 12-bit packed indices and
+2-bit packed codes with mean and 4-entry LUT; DiLoCo: dense float32 or int8 values with
+a scale), plus the metadata (uid, window, pages). `Layout` is the static description of
+what a well-formed submission looks like for one parameter tree and scheme;
+`Scheme.make_layout` builds it.
 
 File format: safetensors (DESIGN.md: never unpickle a peer's upload). Tensor names are
 `<field>/<tensor name>` (e.g. `idx/layers/wq/kernel`); uid, window and pages live in the
 header's `__metadata__` as JSON strings. Every malformed input raises `SubmissionError`
 with a `reason` from `REASONS`; the validator turns it into a penalty (gauntlet.md §7.4,
-§14). Value checks that decode the data are the scheme's (`jaxnet.demo.check_values`):
-this module imports no scheme.
+§14). Value checks that decode the data are the scheme's (`Scheme.check_values`): this
+module imports no scheme.
 
 The bytes come from untrusted peers, so every input is bounded before it is parsed: the
 file and header sizes (`max_upload_bytes`, `header_limit`, derived from the layout), the
@@ -35,7 +38,8 @@ import jax.numpy as jnp
 import numpy as np
 import safetensors.numpy
 
-FORMAT = "jaxnet-demo-submission/1"
+from jaxnet.schemes.layout import TensorLayout
+
 # Every reason `load_submission` can give (one exception type, many reasons).
 REASONS = ("missing", "oversize", "truncated", "corrupt", "bad_metadata", "unknown_tensor",
            "missing_tensor", "wrong_dtype", "wrong_shape", "wrong_k", "index_range",
@@ -43,7 +47,8 @@ REASONS = ("missing", "oversize", "truncated", "corrupt", "bad_metadata", "unkno
 FIELDS = ("idx", "val", "qmean", "qscale", "qlut")
 _INT32_MAX = 2**31 - 1
 # safetensors dtype names of the dtypes a submission uses
-_ST_DTYPES = {np.dtype(np.int16): "I16", np.dtype(np.float32): "F32", np.dtype(np.uint8): "U8"}
+_ST_DTYPES = {np.dtype(np.int16): "I16", np.dtype(np.float32): "F32", np.dtype(np.uint8): "U8",
+               np.dtype(np.int8): "I8"}
 _MAX_DEPTH = 3        # header object > tensor entry > shape / data_offsets list
 _MAX_DIGITS = 20      # longest digit run accepted (2**64 has 20 digits)
 _MAX_NDIM = 8
@@ -63,8 +68,9 @@ class SubmissionError(ValueError):
 class Submission(NamedTuple):
   """One peer's upload for one round (gauntlet.md §3.3); a pytree, stackable as [P, ...].
 
-  The per-tensor fields are flat dicts keyed by `TensorLayout.name`. Unquantised
-  submissions carry float32 values and empty `qmean`/`qscale`/`qlut` dicts.
+  The per-tensor fields are flat dicts keyed by `TensorLayout.name`; a field a scheme
+  does not use is an empty dict. The comments give DeMo's use of each slot; the other
+  schemes' are in their modules.
   """
   idx: dict[str, Any]       # int16 [*batch, n_chunks, k], chunk-local (§3.2 step 4)
   val: dict[str, Any]       # float32, or uint8 codes (§3.2 step 5), same shape as idx
@@ -81,63 +87,32 @@ class Submission(NamedTuple):
 
 
 @dataclasses.dataclass(frozen=True)
-class TensorLayout:
-  """Static compression layout of one parameter leaf (gauntlet.md §3.2 steps 3-4).
-
-  The leading `batch_ndim` axes of `shape` are batch axes (e.g. the scanned layer axis):
-  each slice is one tensor of the reference, with its own chunks and quantisation.
-  """
-  name: str                  # '/'-joined key path, e.g. 'layers/wq/kernel'
-  shape: tuple[int, ...]     # full leaf shape, batch axes first
-  batch_ndim: int
-  blocks: tuple[int, ...]    # chunk size per tensor dimension (1 or 2 entries)
-  k: int                     # kept coefficients per chunk, clamped to [1, chunk_len]
-
-  @property
-  def batch_shape(self) -> tuple[int, ...]:
-    return self.shape[:self.batch_ndim]
-
-  @property
-  def tensor_shape(self) -> tuple[int, ...]:
-    return self.shape[self.batch_ndim:]
-
-  @property
-  def grid(self) -> tuple[int, ...]:
-    return tuple(d // b for d, b in zip(self.tensor_shape, self.blocks))
-
-  @property
-  def n_chunks(self) -> int:
-    return math.prod(self.grid)
-
-  @property
-  def chunk_len(self) -> int:
-    return math.prod(self.blocks)
-
-  @property
-  def idx_shape(self) -> tuple[int, ...]:
-    return self.batch_shape + (self.n_chunks, self.k)
-
-
-@dataclasses.dataclass(frozen=True)
 class Layout:
-  """Static description of a well-formed submission for one parameter tree (hashable)."""
+  """Static description of a well-formed submission for one parameter tree (hashable).
+
+  Built by a scheme (`Scheme.make_layout`): `fields` lists every per-tensor array the
+  scheme uploads as (field, tensor name, shape, dtype name); `scheme` names the scheme,
+  so validators dispatch on the layout alone (`jaxnet.schemes.of_layout`).
+  """
   treedef: Any                        # PyTreeDef of the parameters
   tensors: tuple[TensorLayout, ...]   # in the treedef's leaf order
-  quantized: bool
-  bins: int
   n_pages: int
+  fields: tuple[tuple[str, str, tuple[int, ...], str], ...]   # (field, name, shape, dtype)
+  scheme: str = "demo"
   map_elements: int = 1 << 18         # compute budget of the per-chunk maps (not on the wire)
+  quantized: bool = False             # DeMo: 8-bit values
+  bins: int = 0                       # DeMo: quantisation bins
+
+  @property
+  def format(self) -> str:
+    """The `format` tag of this scheme's files: an upload for another scheme is refused."""
+    return f"jaxnet-{self.scheme}-submission/1"
 
   def field_specs(self) -> dict[str, dict[str, tuple[tuple[int, ...], np.dtype]]]:
-    """{field: {tensor name: (shape, dtype)}} of the per-tensor fields."""
+    """{field: {tensor name: (shape, dtype)}} of the per-tensor fields (all of FIELDS)."""
     specs = {f: {} for f in FIELDS}
-    for t in self.tensors:
-      specs["idx"][t.name] = (t.idx_shape, np.dtype(np.int16))
-      specs["val"][t.name] = (t.idx_shape, np.dtype(np.uint8 if self.quantized else np.float32))
-      if self.quantized:
-        specs["qmean"][t.name] = (t.batch_shape, np.dtype(np.float32))
-        specs["qscale"][t.name] = (t.batch_shape, np.dtype(np.float32))
-        specs["qlut"][t.name] = (t.batch_shape + (self.bins,), np.dtype(np.float32))
+    for f, name, shape, dtype in self.fields:
+      specs[f][name] = (tuple(shape), np.dtype(dtype))
     return specs
 
   def abstract(self) -> Submission:
@@ -167,21 +142,21 @@ def stack(subs: list[Submission]) -> Submission:
 
 # --------------------------------------------------------------------------- files
 
-def to_bytes(sub: Submission) -> bytes:
-  """Serialises one submission to safetensors bytes (no pickle)."""
+def to_bytes(sub: Submission, layout: Layout) -> bytes:
+  """Serialises one submission to safetensors bytes (no pickle), tagged `layout.format`."""
   tensors = {f"{f}/{n}": np.array(a, order="C")  # not ascontiguousarray: keeps 0-d
              for f in FIELDS for n, a in getattr(sub, f).items()}
   pages = [int(p) for p in np.asarray(sub.pages).reshape(-1)]
-  meta = {"format": FORMAT, "uid": json.dumps(int(np.asarray(sub.uid))),
+  meta = {"format": layout.format, "uid": json.dumps(int(np.asarray(sub.uid))),
           "window": json.dumps(int(np.asarray(sub.window))), "pages": json.dumps(pages)}
   return safetensors.numpy.save(tensors, metadata=meta)
 
 
-def save_submission(path: str | os.PathLike, sub: Submission) -> None:
+def save_submission(path: str | os.PathLike, sub: Submission, layout: Layout) -> None:
   """Writes a submission atomically (temporary file, then rename)."""
   path = Path(path)
   tmp = path.with_name(path.name + ".tmp")
-  tmp.write_bytes(to_bytes(sub))
+  tmp.write_bytes(to_bytes(sub, layout))
   os.replace(tmp, path)
 
 
@@ -201,7 +176,7 @@ def header_limit(layout: Layout) -> int:
   entries = {n: {"dtype": d, "shape": list(s), "data_offsets": [total, total]}
              for n, (d, s, _) in _expected(layout).items()}
   widest = json.dumps(_INT32_MAX)
-  meta = {"format": FORMAT, "uid": widest, "window": widest,
+  meta = {"format": layout.format, "uid": widest, "window": widest,
           "pages": json.dumps([_INT32_MAX] * layout.n_pages)}
   size = len(json.dumps({"__metadata__": meta, **entries}, separators=(",", ":")))
   return 2 * (size + 8) + 4096
@@ -346,8 +321,8 @@ def _int(meta: dict, key: str, lo: int = 0) -> int:
 
 def _metadata(header: dict, layout: Layout) -> tuple[int, int, np.ndarray]:
   meta = header.get("__metadata__")
-  if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-    raise SubmissionError("bad_metadata", f"header metadata lacks format {FORMAT!r}")
+  if not isinstance(meta, dict) or meta.get("format") != layout.format:
+    raise SubmissionError("bad_metadata", f"header metadata lacks format {layout.format!r}")
   if not all(isinstance(v, str) for v in meta.values()):
     raise SubmissionError("bad_metadata", "metadata values must be strings")
   uid, window = _int(meta, "uid"), _int(meta, "window")
@@ -450,10 +425,12 @@ def load_submission(path: str | os.PathLike, layout: Layout, **kwargs) -> Submis
 
 
 def _host_checks(sub: Submission, layout: Layout) -> None:
-  """NumPy version of `jaxnet.demo.check_values`' index and finiteness flags (gauntlet.md §7.4)."""
+  """NumPy version of the scheme's index and finiteness flags (gauntlet.md §7.4); indices
+  are checked where they travel unpacked (int16), packed ones by the scheme's check."""
   for t in layout.tensors:
-    idx = sub.idx[t.name]
-    if idx.size and (idx.min() < 0 or idx.max() >= t.chunk_len):
+    idx = sub.idx.get(t.name)
+    if idx is not None and idx.dtype == np.int16 and idx.size and (
+        idx.min() < 0 or idx.max() >= t.chunk_len):
       raise SubmissionError("index_range",
                             f"idx/{t.name}: indices outside [0, {t.chunk_len})")
     for f in ("val", "qmean", "qscale", "qlut"):

@@ -4,7 +4,9 @@ The read check is an AST scan of the package: a field `name` of section class C 
 read when some code accesses `.name` anywhere but in C's own `__post_init__` (a field that
 only its own validation looks at does nothing). Other methods of C count (e.g.
 `SimConfig.degraded_fraction`, which the adversaries call), and so does another class's
-check (`Config.__post_init__` bounds data.seq_len by model.max_seq_len). No allow-list.
+check (`Config.__post_init__` bounds data.seq_len by model.max_seq_len). No allow-list;
+one rule: a root section named like a scheme (`jaxnet.schemes.scheme_class` accepts the
+name) is read as `Scheme.section`, `getattr(cfg, scheme.name)`; its fields are still scanned.
 """
 import ast
 import dataclasses
@@ -20,6 +22,7 @@ import numpy as np
 import pytest
 
 import jaxnet
+from jaxnet import schemes
 from jaxnet.config import Config, describe_fields, load_config
 
 PACKAGE = Path(jaxnet.__file__).parent
@@ -60,11 +63,19 @@ def unread_fields(files, root: type = Config) -> list[str]:
   """Dotted names of the fields that no code in `files` reads (module docstring)."""
   reads = attribute_reads(files)
 
+  def is_scheme_section(cls, name):
+    if cls is not root:
+      return False
+    try:
+      return schemes.scheme_class(name).name == name
+    except ValueError:
+      return False
+
   def walk(cls, prefix):
     key = _key(cls)
     seen = {attr for attr, owner in reads if owner != key}
     for f in dataclasses.fields(cls):
-      if f.name not in seen:
+      if f.name not in seen and not is_scheme_section(cls, f.name):
         yield prefix + f.name
       tp = typing.get_type_hints(cls)[f.name]
       if dataclasses.is_dataclass(tp):
@@ -174,7 +185,8 @@ def round_inputs():
   0, 1, 2, 4 on top, so the gather list (size 4) holds one missing uid (success 3/4) and
   leaves the late uid 5 outside.
   """
-  from jaxnet import data as jdata, demo, peer
+  from jaxnet import data as jdata, peer
+  from jaxnet.schemes import demo
   from jaxnet import model as jmodel
   from jaxnet.gauntlet import collect, fast
   from jaxnet.gauntlet.validator import init_state
@@ -186,10 +198,10 @@ def round_inputs():
   params = jmodel.init_params(cfg.model, jax.random.key(0))
   layout = demo.make_layout(params, cfg.demo, n_pages=cfg.data.pages_per_window)
   subs, _, _ = jax.jit(lambda p, s, b: peer.peers_round(p, s, b, jnp.float32(2e-3), layout, cfg))(
-      params, peer.init_states(params, n), corpus.peer_batches(np.arange(n), 0))
+      params, peer.init_states(params, n, cfg), corpus.peer_batches(np.arange(n), 0))
   subs = jax.tree.map(np.asarray, subs._replace(uid=jnp.arange(n, dtype=jnp.int32),
                                                 window=jnp.zeros(n, jnp.int32)))
-  uploads = [to_bytes(jax.tree.map(lambda x: x[u], subs)) for u in range(n)]
+  uploads = [to_bytes(jax.tree.map(lambda x: x[u], subs), layout) for u in range(n)]
   uploads[4] = None
   offsets = np.full(n, 2.0, np.float32)
   offsets[5] = 15.0

@@ -15,7 +15,7 @@ import scipy.fft
 from jax.sharding import NamedSharding, PartitionSpec as PS
 
 from conftest import random_tree, skip_if_not_enough_devices
-from jaxnet import demo
+from jaxnet.schemes import demo, topk
 from jaxnet import model as jmodel
 from jaxnet import submission as S
 from jaxnet.config import DemoConfig, load_config
@@ -103,7 +103,7 @@ def test_dct_round_trip_is_identity_and_matches_scipy(shape):
 
 # --------------------------------------------------------------------------- top-k
 
-@pytest.mark.parametrize("stable", [True, False] if demo._HAS_STABLE_TOP_K else [False])
+@pytest.mark.parametrize("stable", [True, False] if topk._HAS_STABLE_TOP_K else [False])
 def test_topk_ties_go_to_the_lowest_index(stable):
   rng = np.random.default_rng(1)
   a = rng.integers(0, 6, size=(50, 64)).astype(np.float32)   # many ties at the threshold

@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxnet import decentral, demo, peer
+from jaxnet import decentral, peer
+from jaxnet.schemes import base, demo
 from jaxnet import data as jdata
 from jaxnet import model as jmodel
 from jaxnet.config import load_config
@@ -45,17 +46,18 @@ def test_single_worker_optimizer_equals_a_one_peer_decentral_round():
   params = jmodel.init_params(cfg.model, jax.random.key(0))
   layout = demo.make_layout(params, cfg.demo, n_pages=cfg.data.pages_per_window)
   tx = demo_optax.optimizer(layout, cfg.demo)
-  round_fn = jax.jit(lambda p, s, b, w: decentral.round_fn(p, s, b, w, cfg=cfg, layout=layout,
-                                                          mesh=None, n_gather=1))
-  grads_fn = jax.jit(lambda p, b: peer.peer_grads(p, b, cfg)[0])
+  round_fn = jax.jit(lambda p, o, s, b, w: decentral.round_fn(
+      p, o, s, b, w, cfg=cfg, layout=layout, mesh=None, n_gather=1))
+  grads_fn = jax.jit(lambda p, b: base.mean_grads(p, b, cfg)[0])
   update = jax.jit(tx.update)
   theta, opt_state = params, tx.init(params)
-  ref, states = params, peer.init_states(params, 1)
+  ref, states = params, peer.init_states(params, 1, cfg)
+  outer_state = demo.outer(cfg.demo).init(params)
   for w in range(4):   # through the LR warm-up and the error-feedback warm-up
     batch = corpus.peer_batches(np.arange(1), w)
     updates, opt_state = update(grads_fn(theta, jax.tree.map(lambda x: x[0], batch)), opt_state, theta)
     theta = optax.apply_updates(theta, updates)
-    ref, states, _ = round_fn(ref, states, batch, jnp.int32(w))
+    ref, outer_state, states, _ = round_fn(ref, outer_state, states, batch, jnp.int32(w))
     for a, b in zip(jax.tree.leaves(theta), jax.tree.leaves(ref)):
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   assert any(not np.array_equal(np.asarray(a), np.asarray(b))

@@ -300,7 +300,9 @@ N_ROUND = 9   # 0-3 honest, 4 missing, 5 NaN values, 6 missing (3 earlier misses
 
 @pytest.fixture(scope="module")
 def templar_round():
-  from jaxnet import data as jdata, demo, peer
+  from jaxnet import data as jdata, peer
+  from jaxnet import schemes
+  from jaxnet.schemes import demo
   from jaxnet import model as jmodel
   from jaxnet.gauntlet import collect
   from jaxnet.gauntlet.validator import init_state
@@ -312,7 +314,7 @@ def templar_round():
   params = jmodel.init_params(cfg.model, jax.random.key(0))
   layout = demo.make_layout(params, cfg.demo, n_pages=cfg.data.pages_per_window)
   subs, _, _ = jax.jit(lambda p, s, b: peer.peers_round(p, s, b, jnp.float32(2e-3), layout, cfg))(
-      params, peer.init_states(params, n), corpus.peer_batches(np.arange(n), 0))
+      params, peer.init_states(params, n, cfg), corpus.peer_batches(np.arange(n), 0))
   subs = jax.tree.map(np.asarray, subs)
   probe = np.asarray(fast.sync_probe(params, layout))
   offsets = np.full(n, 2.0, np.float32)
@@ -322,11 +324,11 @@ def templar_round():
   def uploads(window):
     own = [jax.tree.map(lambda x: x[u], subs)._replace(uid=np.int32(u), window=np.int32(window))
            for u in range(n)]
-    out = [to_bytes(s) for s in own]
+    out = [to_bytes(s, layout) for s in own]
     out[4] = out[6] = None
-    out[5] = adversaries.malformed_bytes(own[5], layout, "nan")
-    out[7] = to_bytes(own[0]._replace(uid=np.int32(7)))
-    out[8] = to_bytes(own[1]._replace(uid=np.int32(8)))
+    out[5] = adversaries.malformed_bytes(own[5], layout, "nan", schemes.get(cfg))
+    out[7] = to_bytes(own[0]._replace(uid=np.int32(7)), layout)
+    out[8] = to_bytes(own[1]._replace(uid=np.int32(8)), layout)
     return out
 
   state = init_state(n, cfg.gauntlet)

@@ -8,7 +8,8 @@ import pytest
 from scipy.stats import spearmanr
 
 from conftest import skip_if_not_enough_devices
-from jaxnet import data as jdata, demo, peer, sharding as shd
+from jaxnet import data as jdata, peer, sharding as shd
+from jaxnet.schemes import demo
 from jaxnet import model as jmodel
 from jaxnet.config import load_config
 from jaxnet.gauntlet import lossscore
@@ -25,7 +26,7 @@ def setup():
   # a few AdamW-free sign steps so the model is not at its symmetric init
   layout = demo.make_layout(params, cfg.demo, n_pages=cfg.data.pages_per_window)
   batches = corpus.peer_batches(np.arange(N), window=5)
-  states = peer.init_states(params, N)
+  states = peer.init_states(params, N, cfg)
   lr = jnp.float32(2e-3)
   subs, _, _ = jax.jit(lambda p, s, b: peer.peers_round(p, s, b, lr, layout, cfg))(params, states, batches)
   own = jax.tree.map(lambda x: x[:, :4], batches)

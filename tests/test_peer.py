@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from conftest import skip_if_not_enough_devices
-from jaxnet import data as jdata, decentral, demo, peer, sharding as shd
+from jaxnet import data as jdata, decentral, peer, sharding as shd
+from jaxnet.schemes import base, demo
 from jaxnet import model as jmodel
 from jaxnet.config import load_config
 
@@ -25,7 +26,7 @@ def setup():
   layout = demo.make_layout(params, cfg.demo, n_pages=cfg.data.pages_per_window)
   batches = corpus.peer_batches(np.arange(N_PEERS), window=3)
   # non-zero momentum so that the buffers, not only the gradients, matter
-  states = peer.init_states(params, N_PEERS)
+  states = peer.init_states(params, N_PEERS, cfg)
   states = states._replace(momentum=jax.tree.map(
       lambda m: 1e-3 * jax.random.normal(jax.random.key(1), m.shape), states.momentum),
       count=jnp.arange(N_PEERS, dtype=jnp.int32) * 3)
@@ -70,14 +71,14 @@ def test_one_and_four_devices_equal(setup):
 def test_peer_submission_matches_its_own_pages(setup):
   """Peer k's gradient comes from pages(k, window): swapping batches changes the result."""
   cfg, params, layout, batches, states = setup
-  g0, _ = peer.peer_grads(params, jax.tree.map(lambda x: x[0], batches), cfg)
-  g1, _ = peer.peer_grads(params, jax.tree.map(lambda x: x[1], batches), cfg)
+  g0, _ = base.mean_grads(params, jax.tree.map(lambda x: x[0], batches), cfg)
+  g1, _ = base.mean_grads(params, jax.tree.map(lambda x: x[1], batches), cfg)
   diff = max(float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)))
   assert diff > 1e-4
 
 
 def test_decentralised_tiny_run_learns_and_resumes(tmp_path):
-  over = ["--train.optimizer", "demo", "--train.peers", "4", "--train.steps", "6",
+  over = ["--train.optimizer", "decentral", "--train.peers", "4", "--train.steps", "6",
           "--demo.warmup", "2", "--demo.lr", "3e-3", "--train.compare_baseline", "false",
           "--train.out_dir", str(tmp_path / "a")]
   cfg = load_config(TINY, over)

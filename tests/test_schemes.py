@@ -17,7 +17,7 @@ from conftest import is_shape, random_tree
 from jaxnet import model as jmodel
 from jaxnet.config import load_config
 from jaxnet.configbase import ConfigError, field_docs
-from jaxnet.schemes import diloco as dl, pack, quant, sparseloco as sl
+from jaxnet.schemes import diloco as dl, inner, pack, quant, sparseloco as sl
 
 
 # Chunk cases: prime rows (67 -> 1x64 chunks, an odd index count), a batched 1-D leaf and
@@ -194,17 +194,16 @@ def test_chunk_k_rule():
 
 
 def test_configs_defaults_validation_and_docs():
-  c, d = sl.SparseLoCoConfig(), dl.DiLoCoConfig()
-  assert (c.inner_steps, c.inner_lr, c.inner_b1, c.inner_b2, c.inner_weight_decay,
-          c.inner_grad_clip) == (15, 1e-3, 0.9, 0.95, 0.1, 1.0)
+  c, d, i = sl.SparseLoCoConfig(), dl.DiLoCoConfig(), inner.InnerConfig()
+  assert (i.steps, i.lr, i.warmup, i.b1, i.b2, i.weight_decay, i.grad_clip) == (
+      15, 1e-3, 0, 0.9, 0.95, 0.1, 1.0)
   assert (c.ef_beta, c.topk, c.chunk, c.quant_bins, c.quant_range, c.quant_offset,
           c.outer_lr) == (0.95, 64, 64, 4, 6.0, 2.0, 1.0)
-  assert (d.inner_steps, d.outer_lr, d.outer_momentum, d.nesterov, d.quantize) == (
-      15, 0.7, 0.9, True, "none")
-  assert all(getattr(d, f) == getattr(c, f) for f in
-             ("inner_lr", "inner_warmup", "inner_b1", "inner_b2", "inner_weight_decay",
-              "inner_grad_clip"))
-  for cls in (sl.SparseLoCoConfig, dl.DiLoCoConfig):
+  assert (d.outer_lr, d.outer_momentum, d.nesterov, d.quantize, d.copy_topk) == (
+      0.7, 0.9, True, "none", 64)
+  with pytest.raises(ConfigError, match="inner.steps"):
+    inner.InnerConfig(steps=0)
+  for cls in (sl.SparseLoCoConfig, dl.DiLoCoConfig, inner.InnerConfig):
     docs = field_docs(cls)
     assert all(docs[f.name] for f in dataclasses.fields(cls)), docs
   for bad in ({"topk": 0}, {"topk": 4097}, {"chunk": 65}, {"quant_bins": 8}, {"ef_beta": 1.0}):
@@ -402,8 +401,8 @@ def tiny():
 def test_diloco_inner_steps_reduce_loss_and_int8_error_is_half_a_step(tiny):
   model_cfg, params, batches = tiny
   cfg = dl.DiLoCoConfig()
-  rnd = jax.jit(lambda p, s, b: dl.peer_round(p, s, b, model_cfg, cfg))
-  payload, state, m = rnd(params, dl.init(params, cfg), batches)
+  rnd = jax.jit(lambda p, s, b: dl.peer_round(p, s, b, model_cfg, cfg, inner.InnerConfig()))
+  payload, state, m = rnd(params, dl.init(params, inner.InnerConfig()), batches)
   loss = np.asarray(m["loss"])
   assert loss.shape == (15,) and loss[-1] < loss[0] - 0.1, loss
   assert np.all(np.isfinite(np.asarray(m["grad_norm"])))

@@ -121,9 +121,15 @@ def test_late_early_zeros_replay_sybil(timing_run):
   assert w[_by(timing_run, "replay")].max() < w[_by(timing_run, "honest")].min()
 
 
-def test_kill_and_resume_is_bit_exact(tmp_path):
-  over = ["--sim.rounds", "4", "--checkpoint.every", "2",
-          "--sim.peers", '["honest:3", "noise:1", "copier:1", "replay:1"]']
+@pytest.mark.parametrize("scheme", ["demo", pytest.param("diloco", marks=pytest.mark.slow),
+                                    pytest.param("sparseloco", marks=pytest.mark.slow)])
+def test_kill_and_resume_is_bit_exact(tmp_path, scheme):
+  """Every scheme's network: peer states (momentum, inner AdamW, error feedback), the
+  outer optimizer state and the validator survive a kill between rounds bit for bit.
+  DiLoCo and SparseLoCo are `slow` (50 s together): CI runs both end to end through the
+  README's commands."""
+  over = ["--sim.rounds", "4", "--checkpoint.every", "2", "--scheme", scheme,
+          "--inner.steps", "2", "--sim.peers", '["honest:3", "noise:1", "copier:1", "replay:1"]']
   straight = network.simulate(load_config(SIM_TINY, over + ["--train.out_dir", str(tmp_path / "a")]),
                               progress=False)
   cfg = load_config(SIM_TINY, over + ["--train.out_dir", str(tmp_path / "b")])

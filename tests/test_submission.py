@@ -10,7 +10,7 @@ import pytest
 import safetensors.numpy
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from jaxnet import demo
+from jaxnet.schemes import demo
 from jaxnet import submission as S
 from jaxnet.config import DemoConfig
 
@@ -32,7 +32,7 @@ def setup(quantize=True):
   layout = demo.make_layout(params(), cfg, n_pages=N_PAGES)
   sub = jax.jit(lambda b: demo.encode(b, layout, cfg))(params(1))
   sub = jax.tree.map(np.asarray, S.with_meta(sub, 7, 123, [4, 0, 99]))
-  return layout, sub, S.to_bytes(sub)
+  return layout, sub, S.to_bytes(sub, layout)
 
 
 def parts(data):
@@ -51,7 +51,7 @@ def reason(data, layout, **kw):
 def test_round_trip_save_load_equals(tmp_path, quantize):
   layout, sub, _ = setup(quantize)
   path = tmp_path / "sub.safetensors"
-  S.save_submission(path, sub)
+  S.save_submission(path, sub, layout)
   back = S.load_submission(path, layout, uid=7, window=123)
   assert jax.tree.structure(back) == jax.tree.structure(sub)
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b) or None, back, sub)
@@ -212,9 +212,9 @@ def test_check_values_flags_over_stacked_submissions():
   assert np.asarray(mapped(stacked)["ok"]).tolist() == [True, False, False, True]
   for name, v in variants.items():                  # the file loader agrees
     if name in ("ok", "dup"):
-      S.from_bytes(S.to_bytes(v), layout)
+      S.from_bytes(S.to_bytes(v, layout), layout)
     else:
-      assert reason(S.to_bytes(v), layout) == {"idx": "index_range", "nan": "nonfinite"}[name]
+      assert reason(S.to_bytes(v, layout), layout) == {"idx": "index_range", "nan": "nonfinite"}[name]
 
 
 def test_decoded_overflow_is_caught_only_after_decoding():
@@ -224,7 +224,7 @@ def test_decoded_overflow_is_caught_only_after_decoding():
   idx[t.name] = np.arange(32, dtype=np.int16)[None]
   val[t.name] = np.full((1, 32), 3e38, np.float32)   # finite values, infinite sum
   bad = sub._replace(idx=idx, val=val)
-  S.from_bytes(S.to_bytes(bad), layout)                # finite values pass the file checks
+  S.from_bytes(S.to_bytes(bad, layout), layout)                # finite values pass the file checks
   for decode in (True, False):
     flags = jax.jit(lambda s: demo.check_values(s, layout, decode=decode))(bad)
     assert bool(flags["values_finite"]) and not bool(flags["decoded_finite"])

@@ -16,7 +16,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from jaxnet import data as jdata, demo, peer  # noqa: E402
+from jaxnet import data as jdata, peer  # noqa: E402
+from jaxnet.schemes import demo  # noqa: E402
 from jaxnet import model as jmodel  # noqa: E402
 from jaxnet.config import load_config  # noqa: E402
 from jaxnet.gauntlet import lossscore  # noqa: E402
@@ -44,7 +45,7 @@ def setup():
   corpus = jdata.load_corpus(cfg.data)
   batches = corpus.peer_batches(np.arange(N_PEERS), window=3)
   subs, _, _ = jax.jit(lambda p, s, b: peer.peers_round(p, s, b, jnp.float32(1e-3), layout, cfg))(
-      params, peer.init_states(params, N_PEERS), batches)
+      params, peer.init_states(params, N_PEERS, cfg), batches)
   own = jax.tree.map(lambda x: x[:, :2], batches)
   rand = jax.tree.map(lambda x: x[:4], corpus.batch_from_pages(corpus.random_pages(3)))
   return cfg, params, layout, subs, own, rand

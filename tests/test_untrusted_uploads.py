@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from jaxnet import data as jdata, demo
+from jaxnet import data as jdata
+from jaxnet.schemes import demo
 from jaxnet import model as jmodel
 from jaxnet import submission as S
 from jaxnet.config import load_config
@@ -50,7 +51,7 @@ def pool():
     grads = jax.tree.unflatten(jax.tree.structure(params), [
         jax.random.normal(k, p.shape) for k, p in zip(keys, jax.tree.leaves(params))])
     sub = S.with_meta(encode(grads), u, 0, corpus.pages(u, 0))
-    uploads.append(S.to_bytes(jax.tree.map(np.asarray, sub)))
+    uploads.append(S.to_bytes(jax.tree.map(np.asarray, sub), layout))
   probe = np.asarray(fast.sync_probe(params, layout))
   own, rand = collect.round_batches(corpus, N, 0, cfg.gauntlet.sample_rate, 0)
   data = {"own": own, "rand": rand, "probes": np.tile(probe, (N, 1)),

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from conftest import skip_if_not_enough_devices
-from jaxnet import data as jdata, demo, peer, sharding as shd
+from jaxnet import data as jdata, peer, sharding as shd
+from jaxnet import schemes
+from jaxnet.schemes import demo
 from jaxnet import model as jmodel
 from jaxnet.config import load_config
 from jaxnet.gauntlet import collect, fast
@@ -25,13 +27,13 @@ N = len(KINDS)
 
 def _wrong_dtype(sub, layout):
   t = layout.tensors[0]
-  return to_bytes(sub._replace(idx={**sub.idx, t.name: sub.idx[t.name].astype(np.int32)}))
+  return to_bytes(sub._replace(idx={**sub.idx, t.name: sub.idx[t.name].astype(np.int32)}), layout)
 
 
 def _wrong_shape(sub, layout):
   t = layout.tensors[0]
   return to_bytes(sub._replace(idx={**sub.idx, t.name: sub.idx[t.name][:1]},
-                               val={**sub.val, t.name: sub.val[t.name][:1]}))
+                               val={**sub.val, t.name: sub.val[t.name][:1]}), layout)
 
 
 @pytest.fixture(scope="module")
@@ -44,16 +46,16 @@ def round_setup():
   batches = corpus.peer_batches(np.arange(N), 0)
   lr = jnp.float32(2e-3)
   subs, _, _ = jax.jit(lambda p, s, b: peer.peers_round(p, s, b, lr, layout, cfg))(
-      params, peer.init_states(params, N), batches)
+      params, peer.init_states(params, N, cfg), batches)
   subs = jax.tree.map(np.asarray, subs._replace(uid=jnp.arange(N, dtype=jnp.int32),
                                                 window=jnp.zeros(N, jnp.int32)))
   own = [jax.tree.map(lambda x: x[u], subs) for u in range(N)]
   uploads, offsets = [], np.full(N, 2.0, np.float32)
   for u, kind in enumerate(KINDS):
     if kind == "honest":
-      uploads.append(to_bytes(own[u]))
+      uploads.append(to_bytes(own[u], layout))
     elif kind in adversaries.MALFORMED_KINDS:
-      uploads.append(adversaries.malformed_bytes(own[u], layout, kind))
+      uploads.append(adversaries.malformed_bytes(own[u], layout, kind, schemes.get(cfg)))
     elif kind == "wrong_dtype":
       uploads.append(_wrong_dtype(own[u], layout))
     elif kind == "wrong_shape":
@@ -61,7 +63,7 @@ def round_setup():
     elif kind == "missing":
       uploads.append(None)
     else:
-      uploads.append(to_bytes(own[u]))
+      uploads.append(to_bytes(own[u], layout))
       offsets[u] = 15.0 if kind == "late" else -3.0
   probe = np.asarray(fast.sync_probe(params, layout))
   own_b, rand_b = collect.round_batches(corpus, N, 0, cfg.gauntlet.sample_rate, 0)

@@ -12,8 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxnet import schemes
 from jaxnet.gauntlet.config import GauntletConfig
-from jaxnet.demo import check_values
 from jaxnet.submission import Layout, Submission
 
 PROBE = slice(10, 12)  # debug-dict positions [10:12] of every tensor (§3.4, §15.2)
@@ -34,9 +34,11 @@ def timeliness(present_N, offset_s_N, put_window_s: float) -> Timeliness:
 
 
 def format_ok(subs_N: Submission, struct_ok_N, layout: Layout) -> tuple[jax.Array, dict]:
-  """Every §7.4 check: structure (host) and, vectorised over N, index range and NaN/Inf in
-  the values and after decoding. Returns ([N] bool ok, the per-check [N] flags)."""
-  flags = jax.vmap(lambda s: check_values(s, layout, decode=True))(subs_N)
+  """Every §7.4 check: structure (host) and, vectorised over N, the scheme's value checks
+  (index range, NaN/Inf in the values and after decoding). Returns ([N] bool ok, the
+  per-check [N] flags)."""
+  check = schemes.of_layout(layout).check_values
+  flags = jax.vmap(lambda s: check(s, layout, decode=True))(subs_N)
   flags = {k: v & struct_ok_N for k, v in flags.items()}
   return flags["ok"], flags
 

@@ -3,10 +3,13 @@
 gauntlet.md §9. For every evaluated peer k, with θ the validator's model before this
 round's aggregate and η_t the round's learning rate:
 
-  θ'_k   = θ − η_t · e · sign(decode(Δ_k))                      (§9.2 step 4, e = 0.2)
+  θ'_k   = θ − η_t · e · u_k                                     (§9.2 step 4, e = 0.2)
   r_own  = (L(θ; D_k) − L(θ'_k; D_k)) / L(θ; D_k)                (§9.2 step 6)
   r_rand = (L(θ; R)   − L(θ'_k; R))   / L(θ; R)
 
+u_k is the scheme's `eval_update` (schemes.md §4): sign(decode(Δ_k)) for DeMo, the
+median-norm-clipped decoded values for SparseLoCo, the decoded delta for DiLoCo; η_t is
+the scheme's `step_size` (DeMo's schedule, or the outer lr).
 (`relative=False`, gauntlet.relative_improvement: the absolute differences, §18 row 2.)
 
 L(θ; R) on the round's shared random batch is computed once per round. Per peer the
@@ -16,7 +19,7 @@ bounded) inside a `shard_map` over the mesh axis 'peer' (jax.md §6.5: the faste
 layout; `vmap` over weights is 2.5-3.7x slower there).
 
 `first_order` (beyond the reference): the random-data loss change of peer k is estimated
-as −η_t·e·⟨∇L(θ; R), sign(decode(Δ_k))⟩: one backward pass per round and one dot product
+as −η_t·e·⟨∇L(θ; R), u_k⟩: one backward pass per round and one dot product
 per peer replace P forward passes. r_own stays exact (it needs each peer's own data).
 """
 from __future__ import annotations
@@ -28,8 +31,8 @@ import jax.numpy as jnp
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
-from jaxnet import demo
 from jaxnet import model as jmodel
+from jaxnet import schemes
 from jaxnet.config import ModelConfig
 from jaxnet.submission import Layout, Submission
 
@@ -44,11 +47,13 @@ class LossScores(NamedTuple):
   r_rand: jax.Array
 
 
-def eval_params(params, sub: Submission, step_size, layout: Layout, apply_sign: bool = True):
-  """θ − step·sign(decode(Δ)) (or the raw decoded direction when apply_sign is off, §18 row 3)."""
-  direction = demo.decode_one(sub, layout)
-  return jax.tree.map(
-      lambda p, d: p - step_size * (jnp.sign(d) if apply_sign else d), params, direction)
+def eval_params(params, sub: Submission, step_size, layout: Layout, apply_sign: bool = True,
+                context=()):
+  """θ − step·u, u the scheme's `eval_update` (DeMo: sign(decode(Δ)), or the raw decoded
+  direction when apply_sign is off, §18 row 3). `context` is the scheme's `eval_context`
+  of the round's gathered peers (SparseLoCo's clip norms)."""
+  update = schemes.of_layout(layout).eval_update(sub, context, layout, apply_sign)
+  return jax.tree.map(lambda p, u: p - step_size * u, params, update)
 
 
 def _tree_vdot(a, b):
@@ -66,7 +71,7 @@ def _rel(before, after, relative: bool = True):
 def score_peers(params, subs_P: Submission, own_PxBxL: dict, rand_BxL: dict, step_size, *,
                 layout: Layout, model_cfg: ModelConfig, eval_batch: int = 1,
                 mode: str = "exact", apply_sign: bool = True, relative: bool = True,
-                mesh: jax.sharding.Mesh | None = None) -> LossScores:
+                mesh: jax.sharding.Mesh | None = None, context=()) -> LossScores:
   """LossScore of P peers in one call (jit it; see the module docstring).
 
   Args:
@@ -76,6 +81,7 @@ def score_peers(params, subs_P: Submission, own_PxBxL: dict, rand_BxL: dict, ste
     rand_BxL: the round's shared random batch.
     step_size: η_t · eval_lr_factor.
     relative: r = (before − after) / before; False gives before − after.
+    context: the scheme's `eval_context` (replicated), () for DeMo and DiLoCo.
   """
   loss = lambda p, b: jmodel.loss_fn(p, b, model_cfg)
   if mode == "first_order":
@@ -83,35 +89,37 @@ def score_peers(params, subs_P: Submission, own_PxBxL: dict, rand_BxL: dict, ste
   else:
     rand_before, grad_rand = loss(params, rand_BxL), None
 
-  def one(params, grad_rand, sub, own):
+  scheme = schemes.of_layout(layout)
+
+  def one(params, grad_rand, context, sub, own):
     own_before = loss(params, own)
     if mode == "first_order":
-      direction = demo.decode_one(sub, layout)
-      step = jax.tree.map(lambda d: jnp.sign(d) if apply_sign else d, direction)
+      step = scheme.eval_update(sub, context, layout, apply_sign)
       after = jax.tree.map(lambda p, s: p - step_size * s, params, step)
       rand_after = rand_before - step_size * _tree_vdot(grad_rand, step)
     else:
-      after = eval_params(params, sub, step_size, layout, apply_sign)
+      after = eval_params(params, sub, step_size, layout, apply_sign, context)
       rand_after = loss(after, rand_BxL)
     return own_before, loss(after, own), rand_after
 
-  def local(params, grad_rand, subs, own):
-    return lax.map(lambda xs: one(params, grad_rand, *xs), (subs, own), batch_size=eval_batch)
+  def local(params, grad_rand, context, subs, own):
+    return lax.map(lambda xs: one(params, grad_rand, context, *xs), (subs, own),
+                   batch_size=eval_batch)
 
   if mesh is not None and mesh.size > 1:
-    local = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P("peer"), P("peer")),
+    local = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P(), P("peer"), P("peer")),
                           out_specs=(P("peer"), P("peer"), P("peer")), check_vma=False)
-  own_before, own_after, rand_after = local(params, grad_rand, subs_P, own_PxBxL)
+  own_before, own_after, rand_after = local(params, grad_rand, context, subs_P, own_PxBxL)
   return LossScores(own_before, own_after, rand_before, rand_after,
                     _rel(own_before, own_after, relative), _rel(rand_before, rand_after, relative))
 
 
 def score_one(params, sub: Submission, own_BxL: dict, rand_BxL: dict, step_size, *,
               layout: Layout, model_cfg: ModelConfig, apply_sign: bool = True,
-              relative: bool = True):
+              relative: bool = True, context=()):
   """The reference procedure for one peer (what the per-peer loop benchmark calls)."""
   loss = lambda p, b: jmodel.loss_fn(p, b, model_cfg)
-  after = eval_params(params, sub, step_size, layout, apply_sign)
+  after = eval_params(params, sub, step_size, layout, apply_sign, context)
   own_before, rand_before = loss(params, own_BxL), loss(params, rand_BxL)
   own_after, rand_after = loss(after, own_BxL), loss(after, rand_BxL)
   return _rel(own_before, own_after, relative), _rel(rand_before, rand_after, relative)

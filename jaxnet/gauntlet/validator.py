@@ -34,6 +34,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jaxnet import schemes
 from jaxnet.config import ModelConfig
 from jaxnet.gauntlet import fast, lossscore, overlap, rating, scores, select, templar
 from jaxnet.gauntlet.config import GauntletConfig
@@ -89,8 +90,8 @@ def _score_source(ls: lossscore.LossScores, cfg: GauntletConfig):
   return ls.r_rand
 
 
-def _evaluate(params, inputs: RoundInputs, selected_N, step_size, *, cfg: GauntletConfig,
-              layout: Layout, model_cfg: ModelConfig, mesh):
+def _evaluate(params, inputs: RoundInputs, selected_N, step_size, context, *,
+              cfg: GauntletConfig, layout: Layout, model_cfg: ModelConfig, mesh):
   """LossScore for the selected uids; returns [N] arrays (0 outside the selection)."""
   n = selected_N.shape[0]
   m = n if cfg.uids_per_window == 0 else min(cfg.uids_per_window, n)
@@ -114,7 +115,7 @@ def _evaluate(params, inputs: RoundInputs, selected_N, step_size, *, cfg: Gauntl
   ls = lossscore.score_peers(params, subs_M, own_M, inputs.rand, step_size, layout=layout,
                              model_cfg=model_cfg, eval_batch=cfg.eval_batch,
                              mode=cfg.score_mode, apply_sign=cfg.eval_apply_sign,
-                             relative=cfg.relative_improvement, mesh=mesh)
+                             relative=cfg.relative_improvement, mesh=mesh, context=context)
   idx_M, valid_M = idx_M[:m], jnp.arange(m) < m
 
   def scatter(v_M, fill=0.0):
@@ -136,6 +137,7 @@ def score_round(state: ValidatorState, inputs: RoundInputs, params, window, lr_t
   k_gather, k_select = jax.random.split(key)
   sc, rt, ts = state.scores, state.rating, state.templar
   tf = cfg.preset == "templar-final"   # static: the config is a static pytree
+  scheme = schemes.of_layout(layout)    # static: the layout names its scheme
 
   # 1. uptime (§6, §7.1)
   last_upload = fast.update_activity(state.last_upload, inputs.present, window)
@@ -190,8 +192,10 @@ def score_round(state: ValidatorState, inputs: RoundInputs, params, window, lr_t
   if not tf:   # templar-final slashes after the match, on the fresh F (step 6b)
     sc = scores.slash_scores(sc, cfg.slash_missing, missing_eval, cfg)
     sc = scores.zero_positive(sc, malformed_eval)
-  ev = _evaluate(params, inputs, selected & usable, lr_t * cfg.eval_lr_factor, cfg=cfg,
-                 layout=layout, model_cfg=model_cfg, mesh=mesh)
+  # the scheme's view of the gathered peers (SparseLoCo: their median value norms, §4)
+  context = scheme.eval_context(inputs.subs, in_gather & usable, layout)
+  ev = _evaluate(params, inputs, selected & usable, lr_t * cfg.eval_lr_factor, context,
+                 cfg=cfg, layout=layout, model_cfg=model_cfg, mesh=mesh)
   finite = jnp.isfinite(ev["r_own"]) & jnp.isfinite(ev["score"])
   scored = selected & usable & finite
   sc = scores.record_evaluation(sc, window, scored, jnp.where(finite, ev["r_own"], 0.0),
@@ -245,7 +249,8 @@ def score_round(state: ValidatorState, inputs: RoundInputs, params, window, lr_t
   reset_copy = jnp.zeros((n,), bool)
   if cfg.overlap_detection:
     chunk_lens = {t.name: t.chunk_len for t in layout.tensors}
-    ov = overlap.index_overlap(inputs.subs.idx, chunk_lens, cfg.overlap_size_weight)
+    idx_N = jax.vmap(lambda s: scheme.indices(s, layout))(inputs.subs)
+    ov = overlap.index_overlap(idx_N, chunk_lens, cfg.overlap_size_weight)
     compared = usable & in_gather if cfg.overlap_scope == "gathered" else usable
     verdict = overlap.copy_slash(ov, jnp.where(compared, inputs.offset_s, jnp.inf), compared,
                                  (cfg.overlap_threshold, cfg.overlap_max_threshold,

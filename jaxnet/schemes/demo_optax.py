@@ -2,16 +2,16 @@
 
 `outer(cfg)` is the outer step of gauntlet.md §5.2 on an aggregated direction: updates
 = -eta_t * (direction + lambda * theta), eta_t = `demo_lr(count)` (§5.4), so
-`optax.apply_updates(theta, updates)` is `jaxnet.demo.outer_step`. With the default
+`optax.apply_updates(theta, updates)` is `jaxnet.schemes.demo.outer_step`. With the default
 lambda = 0 the two are bit-identical; with lambda > 0 they differ by float rounding only
 (optax adds the decay to the update instead of scaling theta first).
 
 `optimizer(layout, cfg)` is a single-worker DeMo optimizer in the form of the DeMo paper's
 optimizer class: gradients in, DeMo's momentum, DCT top-k compression and error feedback
-(`jaxnet.demo.compress`), the one-peer aggregate (sign of the decoded top-k, §5.1) and the
+(`jaxnet.schemes.demo.compress`), the one-peer aggregate (sign of the decoded top-k, §5.1) and the
 outer step out:
 
-    tx = demo_optax.optimizer(jaxnet.demo.make_layout(params, cfg, n_pages=1), cfg)
+    tx = demo_optax.optimizer(jaxnet.schemes.demo.make_layout(params, cfg, n_pages=1), cfg)
     state = tx.init(params)
     updates, state = tx.update(grads, state, params)
     params = optax.apply_updates(params, updates)
@@ -25,18 +25,15 @@ from typing import Any, NamedTuple
 import jax.numpy as jnp
 import optax
 
-from jaxnet import demo, submission
-from jaxnet.config import DemoConfig
+from jaxnet import submission
+from jaxnet.schemes import demo
+from jaxnet.schemes.demo import DemoConfig
 from jaxnet.submission import Layout
 
 __all__ = ["outer", "optimizer", "DemoOptState"]
 
 
-def outer(cfg: DemoConfig) -> optax.GradientTransformation:
-  """The outer step on an aggregated direction (gauntlet.md §5.2, §18 row 10c)."""
-  parts = [optax.add_decayed_weights(cfg.weight_decay)] if cfg.weight_decay else []
-  parts.append(optax.scale_by_learning_rate(lambda count: demo.demo_lr(count, cfg)))
-  return optax.chain(*parts)
+outer = demo.outer   # the outer step on an aggregated direction (gauntlet.md §5.2)
 
 
 class DemoOptState(NamedTuple):

@@ -8,17 +8,21 @@
 with bins 4, range 6, offset 2 (templar, asymmetric) or offset 1.5 (symmetric ablation).
 `jnp.round` rounds half to even, as torch.round does, so ties at .5 match the reference.
 
+`quantize_mean_lut`: DeMo's 8-bit quantiser (gauntlet.md §3.2 step 5): 256 bins over 6
+sigma centred on the mean, the LUT holding each bin's mean centred value.
+
 `quantize_int8`: symmetric per-tensor int8 for DiLoCo (schemes.md §2 leaves the format
 open): scale = max|x|/127, q = round(x/scale) in [-127, 127], x_hat = q*scale. Symmetric
 with no zero point because pseudo-gradients are centred near 0, so one float per tensor
 suffices and the error is at most scale/2 per entry (no value is clipped: |x| <= 127 scale).
 
 Both work over `batch_ndim` leading axes: every slice is one tensor with its own
-parameters (the scanned layer stack, as in jaxnet.demo). A zero or non-finite scale falls
+parameters (the scanned layer stack, as in jaxnet.schemes.demo). A zero or non-finite scale falls
 back to 1 (as DeMo's quantiser), so a constant or all-zero slice round-trips exactly.
 """
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax
@@ -107,3 +111,31 @@ def dequantize_int8(q, scale):
   s = scale.astype(jnp.float32)
   return q.astype(jnp.float32) * s.reshape(s.shape + (1,) * (q.ndim - s.ndim))
 
+
+
+def quantize_mean_lut(v, bins: int, sigmas: float):
+  """DeMo's 8-bit codes of one tensor's kept values (gauntlet.md §3.2 step 5).
+
+  mu = mean(v), sigma = ||v - mu|| / sqrt(n - 1), scale = sigmas*sigma/bins,
+  q = clip(round((v - mu)/scale + bins/2), 0, bins - 1); lut[b] = mean of the centred
+  values in bin b (0 if empty). A zero or non-finite scale falls back to 1, as the
+  reference does, so a constant tensor still round-trips.
+  Returns:
+    (q uint8 like v, mean [], scale [], lut [bins]), all float32 but q.
+  """
+  n = v.size
+  mean = jnp.mean(v)
+  c = v - mean
+  std = jnp.sqrt(jnp.sum(c * c)) / math.sqrt(n - 1) if n > 1 else jnp.float32(0.0)
+  scale = _safe(sigmas * std / bins)
+  q = jnp.clip(jnp.round(c / scale + bins // 2), 0, bins - 1).astype(jnp.int32)
+  # Scatter-add into 256 bins: deterministic on CPU/TPU; only the sender computes it.
+  sums = jnp.zeros(bins, jnp.float32).at[q.reshape(-1)].add(c.reshape(-1))
+  counts = jnp.zeros(bins, jnp.float32).at[q.reshape(-1)].add(1.0)
+  lut = jnp.where(counts > 0, sums / jnp.maximum(counts, 1.0), 0.0)
+  return q.astype(jnp.uint8), mean, scale, lut
+
+
+def dequantize_mean_lut(q, mean, lut):
+  """v_hat = lut[q] + mu for one tensor (gauntlet.md §3.2 step 5)."""
+  return jnp.take(lut, q.astype(jnp.int32), mode="clip") + mean

@@ -1,7 +1,7 @@
 """SparseLoCo (schemes.md §3): H inner AdamW steps, error feedback, chunk top-k, 2-bit values.
 
 One peer k, round t (schemes.md §3 steps 1-7), per parameter tensor:
-  theta_k = H inner AdamW steps from theta^{t-1}        `inner_steps` (shared with DiLoCo)
+  theta_k = H inner AdamW steps from theta^{t-1}        `inner.inner_steps` (shared with DiLoCo)
   delta   = theta^{t-1} - theta_k                        `pseudo_gradient`
   e      <- beta*e + delta                               no learning rate inside (templar HEAD)
   (I, v)  = top-k of |e| per chunk                       chunks: largest divisor <= 64 per
@@ -14,44 +14,40 @@ peers that picked each coefficient. Outer (step 9): theta <- theta - alpha * agg
 The validator's eval step (§4) applies clip_median(decode(delta_k)) scaled by alpha * 0.2.
 
 Leaves whose leading axes are batch axes (the scanned layer stack) are one tensor per slice,
-as in jaxnet.demo: own chunks, own quantiser, own clip norm. All functions are pure and
+as in jaxnet.schemes.demo: own chunks, own quantiser, own clip norm. All functions are pure and
 written for one peer; lift them over a leading peer axis with `jax.vmap` or `lax.map`.
 
-Imports: `jaxnet.config` will import this module for `SparseLoCoConfig`, and jaxnet.demo,
-jaxnet.model and jaxnet.train import `jaxnet.config`, so those are imported inside the
-functions that use them (a module-level import would be a cycle).
+`SparseLoCoScheme` (`SCHEME`) puts them behind the scheme seam: a Submission carries the
+packed indices in `idx`, the packed codes (or float32 values) in `val`, mu in `qmean` and
+the LUT in `qlut`.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax import lax
 
 from jaxnet.configbase import require, static_config
-from jaxnet.schemes import pack, quant
-from jaxnet.submission import TensorLayout
+from jaxnet.schemes import base, inner, pack, quant
+from jaxnet.schemes.inner import InnerConfig
+from jaxnet.schemes.layout import (TOPK_PER, TensorLayout, chunk_k, default_batch_axes,
+                                   from_chunks, gather_leading, scatter_add, tensor_layouts, to_chunks)
+from jaxnet.schemes.topk import topk_indices
+from jaxnet.submission import Layout, Submission
 
 INDEX_BITS = 12                  # schemes.md §3 step 6: indices within a chunk fit 0..4095
 MAX_CHUNK_LEN = 1 << INDEX_BITS  # so a chunk holds at most 64x64 coefficients
-TOPK_PER = 4096                  # `topk` counts kept coefficients per 4096 (a 64x64 chunk), §3 step 4
 
 
 @static_config
 class SparseLoCoConfig:
   """SparseLoCo local steps, compressor and outer step (schemes.md §3)."""
-  inner_steps: int = 15          # H inner AdamW steps per round (CCLoco 512M; templar 72B: 30)
-  inner_lr: float = 1e-3         # inner AdamW learning rate (CCLoco 512M; templar 72B: 1.17e-4)
-  inner_warmup: int = 0          # linear inner-lr warm-up from 0 over this many inner steps,
-                                 #   counted across rounds (CCLoco 512M: 500; 0 = constant lr)
-  inner_b1: float = 0.9          # inner AdamW beta1 (templar, CCLoco)
-  inner_b2: float = 0.95         # inner AdamW beta2 (templar, CCLoco)
-  inner_weight_decay: float = 0.1  # inner AdamW decoupled weight decay, not on norm scales
-  inner_grad_clip: float = 1.0   # global-norm clip of every inner gradient (templar, CCLoco)
   ef_beta: float = 0.95          # error-feedback decay beta (templar momentum_decay, §3 step 3)
   topk: int = 64                 # kept coefficients per 4096 (templar 72B topk_compression 64 =
                                  #   1.5625%; the paper's 512M run: 32); a chunk of L
@@ -64,12 +60,6 @@ class SparseLoCoConfig:
   outer_lr: float = 1.0          # outer SGD step alpha (paper 1; templar 1.0 annealed to 0.4)
 
   def __post_init__(self):
-    require(self.inner_steps > 0, "sparseloco.inner_steps", "must be positive")
-    require(self.inner_lr > 0, "sparseloco.inner_lr", "must be positive")
-    require(self.inner_warmup >= 0, "sparseloco.inner_warmup", "must be >= 0")
-    require(0 <= self.inner_b1 < 1 and 0 <= self.inner_b2 < 1, "sparseloco.inner_b1",
-            "inner betas must be in [0, 1)")
-    require(self.inner_grad_clip > 0, "sparseloco.inner_grad_clip", "must be positive")
     require(0 <= self.ef_beta < 1, "sparseloco.ef_beta", "must be in [0, 1)")
     require(1 <= self.topk <= TOPK_PER, "sparseloco.topk", f"must be in 1..{TOPK_PER}")
     require(1 <= self.chunk <= 64, "sparseloco.chunk", "must be in 1..64 (12-bit indices)")
@@ -82,7 +72,7 @@ class SparseLoCoConfig:
 
 class SparseLoCoState(NamedTuple):
   """One peer's state across rounds (schemes.md §3)."""
-  opt_state: Any   # inner AdamW state, kept across rounds (as DiLoCo §2)
+  opt_state: Any   # inner AdamW state (`inner.optimizer`), kept across rounds (as DiLoCo §2)
   ef: Any          # error-feedback buffer e_k, float32 shaped like the parameters
 
 
@@ -111,54 +101,19 @@ class ChunkLayout:
 
 # --------------------------------------------------------------------------- layout
 
-def chunk_k(chunk_len: int, topk: int) -> int:
-  """Kept coefficients of a chunk of `chunk_len` (schemes.md §3 step 4).
-
-  round(L*topk/4096) (Python's round: half to even), at least 1, at most L: 64 of a
-  64x64 chunk at topk 64, every coefficient at topk 4096.
-  """
-  return min(chunk_len, max(1, round(chunk_len * topk / TOPK_PER)))
-
-
 def make_layout(params, cfg: SparseLoCoConfig,
-                batch_axes: Callable[[tuple[str, ...]], int] | None = None) -> ChunkLayout:
-  """Chunk layout of a parameter tree (arrays or ShapeDtypeStructs), DeMo's chunking.
+                batch_axes: Callable[[tuple[str, ...]], int] = default_batch_axes) -> ChunkLayout:
+  """Chunk layout of a parameter tree (arrays or ShapeDtypeStructs): DeMo's chunking
+  (`layout.tensor_layouts`), k by `chunk_k`.
 
-  Names, batch axes (default: one under the top-level 'layers') and blocks are DeMo's
-  (`jaxnet.demo.make_layout`); k follows `chunk_k`.
   Raises:
     ValueError: a leaf is not 1-D or 2-D after its batch axes, or a chunk has more than
       4096 coefficients (12-bit indices).
   """
-  from jaxnet import demo
-  from jaxnet.config import DemoConfig
-  kw = {} if batch_axes is None else {"batch_axes": batch_axes}
-  base = demo.make_layout(params, DemoConfig(chunk=cfg.chunk, quantize=False), n_pages=0, **kw)
-  tensors = []
-  for t in base.tensors:
-    if t.chunk_len > MAX_CHUNK_LEN:
-      raise ValueError(f"{t.name}: chunk of {t.chunk_len} coefficients overflows 12-bit indices")
-    tensors.append(dataclasses.replace(t, k=chunk_k(t.chunk_len, cfg.topk)))
-  return ChunkLayout(base.treedef, tuple(tensors))
-
-
-def to_chunks(x, t: TensorLayout):
-  """[*batch, *tensor_shape] -> [*batch, n_chunks, chunk_len]: row-major blocks, each
-  flattened row-major (DeMo's order, without the DCT)."""
-  b, nb = t.batch_shape, t.batch_ndim
-  if len(t.blocks) == 2:
-    (h, w), (gy, gx) = t.blocks, t.grid
-    x = jnp.swapaxes(x.reshape(b + (gy, h, gx, w)), nb + 1, nb + 2)
-  return x.reshape(b + (t.n_chunks, t.chunk_len))
-
-
-def from_chunks(c, t: TensorLayout):
-  """Inverse of `to_chunks`."""
-  b, nb = t.batch_shape, t.batch_ndim
-  if len(t.blocks) == 2:
-    (h, w), (gy, gx) = t.blocks, t.grid
-    c = jnp.swapaxes(c.reshape(b + (gy, gx, h, w)), nb + 1, nb + 2)
-  return c.reshape(t.shape)
+  treedef, tensors = tensor_layouts(params, cfg.chunk, lambda n: chunk_k(n, cfg.topk),
+                                    batch_axes=batch_axes, max_chunk_len=MAX_CHUNK_LEN,
+                                    index_name="12-bit")
+  return ChunkLayout(treedef, tensors)
 
 
 def wire_bytes(layout: ChunkLayout, cfg: SparseLoCoConfig) -> dict[str, int]:
@@ -175,69 +130,11 @@ def wire_bytes(layout: ChunkLayout, cfg: SparseLoCoConfig) -> dict[str, int]:
   return out
 
 
-# --------------------------------------------------------------------------- inner steps
-
-def _decay_mask(params):
-  # No weight decay on RMSNorm scales, the rule of train.make_optimizer.
-  return jax.tree_util.tree_map_with_path(
-      lambda path, _: getattr(path[-1], "key", None) != "scale", params)
-
-
-def inner_optimizer(cfg) -> optax.GradientTransformation:
-  """Inner AdamW (schemes.md §3 step 1) from a section with the `inner_*` fields.
-
-  Built like `jaxnet.train.make_optimizer`: global-norm clip, then AdamW with decoupled
-  weight decay off the norm scales; constant lr after an optional linear warm-up.
-  """
-  lr = (optax.linear_schedule(0.0, cfg.inner_lr, cfg.inner_warmup) if cfg.inner_warmup
-        else cfg.inner_lr)
-  return optax.chain(
-      optax.clip_by_global_norm(cfg.inner_grad_clip),
-      optax.adamw(lr, b1=cfg.inner_b1, b2=cfg.inner_b2, weight_decay=cfg.inner_weight_decay,
-                  mask=_decay_mask))
-
-
-def inner_steps(params, opt_state, batches_HxBxL: dict, model_cfg, cfg):
-  """H inner AdamW steps with `lax.scan` (schemes.md §2, §3 step 1).
-
-  Args:
-    params: the round's starting parameters theta^{t-1}.
-    opt_state: the peer's inner AdamW state (`inner_optimizer(cfg).init`), kept across rounds.
-    batches_HxBxL: `inputs`/`targets`/`mask` [H, B, L], one batch per inner step; [H, M, B, L]
-      splits each step's batch into M micro-batches (summed gradients, same result).
-    model_cfg: the ModelConfig of `jaxnet.model.loss_sums`.
-    cfg: SparseLoCoConfig or DiLoCoConfig (only the `inner_*` fields are read).
-  Returns:
-    (theta_k, new opt_state, metrics): `loss` [H] the mean token loss of each step's batch
-    before its update, `grad_norm` [H] before clipping.
-  """
-  from jaxnet.train import accumulate_grads
-  tx = inner_optimizer(cfg)
-
-  def step(carry, batch):
-    params, opt_state = carry
-    mb = batch if batch["inputs"].ndim == 3 else jax.tree.map(lambda x: x[None], batch)
-    total, count, grads = accumulate_grads(params, mb, model_cfg)
-    denom = jnp.maximum(count, 1.0)
-    grads = jax.tree.map(lambda g: g / denom, grads)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return (optax.apply_updates(params, updates), opt_state), (total / denom,
-                                                               optax.tree.norm(grads))
-
-  (params, opt_state), (loss_H, gnorm_H) = lax.scan(step, (params, opt_state), batches_HxBxL)
-  return params, opt_state, {"loss": loss_H, "grad_norm": gnorm_H}
-
-
-def pseudo_gradient(start, end):
-  """delta = theta^{t-1} - theta_k, float32 (schemes.md §2, §3 step 2)."""
-  return jax.tree.map(lambda a, b: a.astype(jnp.float32) - b.astype(jnp.float32), start, end)
-
-
 # --------------------------------------------------------------------------- one peer
 
-def init(params, cfg: SparseLoCoConfig) -> SparseLoCoState:
+def init(params, inner_cfg: InnerConfig) -> SparseLoCoState:
   """Fresh inner AdamW state and a zero error-feedback buffer for one peer."""
-  return SparseLoCoState(inner_optimizer(cfg).init(params),
+  return SparseLoCoState(inner.optimizer(inner_cfg).init(params),
                          jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params))
 
 
@@ -248,17 +145,15 @@ def _flat_rows(x):
 
 def _dense(idx, v, t: TensorLayout, ok=True):
   """Scatter-mean of (idx, v) [*batch, n_chunks, k] into zeros -> [*batch, n_chunks, L]."""
-  from jaxnet.demo import _scatter_add
   rows = math.prod(t.batch_shape) * t.n_chunks
   sums = jnp.zeros((rows, t.chunk_len), jnp.float32)
   counts = jnp.zeros((rows, t.chunk_len), jnp.int32)
-  sums, counts = _scatter_add(sums, counts, _flat_rows(idx), _flat_rows(v), ok)
+  sums, counts = scatter_add(sums, counts, _flat_rows(idx), _flat_rows(v), ok)
   return (sums / jnp.maximum(counts, 1)).reshape(t.batch_shape + (t.n_chunks, t.chunk_len))
 
 
 def _encode_leaf(e, t: TensorLayout, cfg: SparseLoCoConfig):
   """Top-k and quantisation of one buffer leaf -> (idx, val, mean, lut, transmitted dense)."""
-  from jaxnet.demo import topk_indices
   b, n = t.batch_shape, t.n_chunks * t.k
   c = to_chunks(e, t)
   idx = topk_indices(jnp.abs(c), t.k)                       # [*b, N, k] ascending
@@ -373,7 +268,6 @@ def aggregate(payloads_G: Payload, valid_G, layout: ChunkLayout):
   chunk are distinct, so the sums are deterministic on every backend. Invalid peers
   (valid_G False) contribute nothing, NaNs included.
   """
-  from jaxnet.demo import _scatter_add
   valid_G = jnp.asarray(valid_G, bool)
   med = clip_norms(payloads_G, valid_G, layout)
   out = []
@@ -384,7 +278,7 @@ def aggregate(payloads_G: Payload, valid_G, layout: ChunkLayout):
 
     def add(acc, xs):
       i, v, ok = xs
-      return _scatter_add(*acc, _flat_rows(i), _flat_rows(v), ok), None
+      return scatter_add(*acc, _flat_rows(i), _flat_rows(v), ok), None
     rows = math.prod(t.batch_shape) * t.n_chunks
     zeros = (jnp.zeros((rows, t.chunk_len), jnp.float32), jnp.zeros((rows, t.chunk_len), jnp.int32))
     (sums, counts), _ = lax.scan(add, zeros, (idx_G, v_G, valid_G))
@@ -416,12 +310,120 @@ def eval_update(payload: Payload, clip_norm: dict[str, Any], layout: ChunkLayout
 
 
 def peer_round(params, state: SparseLoCoState, batches_HxBxL: dict, layout: ChunkLayout,
-               model_cfg, cfg: SparseLoCoConfig) -> tuple[Payload, SparseLoCoState, dict]:
+               model_cfg, cfg: SparseLoCoConfig,
+               inner_cfg: InnerConfig) -> tuple[Payload, SparseLoCoState, dict]:
   """One peer's round (schemes.md §3 steps 1-7): inner steps, pseudo-gradient, encode.
 
   Returns (payload, new state, inner-step metrics); the peer restarts the next round
   from the new global theta with its inner AdamW state and error feedback kept.
   """
-  end, opt_state, metrics = inner_steps(params, state.opt_state, batches_HxBxL, model_cfg, cfg)
-  payload, ef = encode(pseudo_gradient(params, end), state.ef, layout, cfg)
+  end, opt_state, metrics = inner.inner_steps(params, state.opt_state, batches_HxBxL,
+                                              model_cfg, inner_cfg)
+  payload, ef = encode(inner.pseudo_gradient(params, end), state.ef, layout, cfg)
   return payload, SparseLoCoState(opt_state, ef), metrics
+
+
+# --------------------------------------------------------------------------- the seam
+
+def payload_of(sub: Submission) -> Payload:
+  """The SparseLoCo payload a Submission carries (idx, val, qmean as mu, qlut as LUT)."""
+  return Payload(sub.idx, sub.val, sub.qmean, sub.qlut)
+
+
+def _spec_shapes(t: TensorLayout, cfg: SparseLoCoConfig) -> dict:
+  b, n = t.batch_shape, t.n_chunks * t.k
+  specs = {"idx": (b + (pack.packed12_len(n),), jnp.uint8)}
+  if cfg.quantize:
+    specs["val"] = (b + (pack.packed2_len(n),), jnp.uint8)
+    specs["qmean"] = (b, jnp.float32)
+    specs["qlut"] = (b + (cfg.quant_bins,), jnp.float32)
+  else:
+    specs["val"] = (b + (n,), jnp.float32)
+  return specs
+
+
+@dataclasses.dataclass(frozen=True)
+class SparseLoCoScheme(inner.LocalSGDScheme):
+  """SparseLoCo behind the scheme seam (schemes.md §3, §4)."""
+  name: ClassVar[str] = "sparseloco"
+
+  def make_layout(self, params, *, n_pages: int, batch_axes=default_batch_axes) -> Layout:
+    cl = make_layout(params, self.section, batch_axes)
+    specs = {f: {} for f in ("idx", "val", "qmean", "qscale", "qlut")}
+    for t in cl.tensors:
+      for f, spec in _spec_shapes(t, self.section).items():
+        specs[f][t.name] = spec
+    return Layout(treedef=cl.treedef, tensors=cl.tensors, n_pages=n_pages,
+                  fields=base.field_entries(specs), scheme=self.name)
+
+  def init(self, params) -> SparseLoCoState:
+    return init(params, self.cfg.inner)
+
+  def local(self, params, state, batch_SxL, lr_t, layout):
+    """Inner steps on the peer's pages split into H batches; the loss is the mean of the
+    H inner batches' losses, each before its own step."""
+    payload, state, m = peer_round(params, state, self.inner_batches(batch_SxL), layout,
+                                   self.cfg.model, self.section, self.cfg.inner)
+    return self._submission(payload, layout), state, jnp.mean(m["loss"])
+
+  def _submission(self, payload: Payload, layout: Layout) -> Submission:
+    return base.empty_submission(layout, {"idx": payload.idx, "val": payload.val,
+                                          "qmean": payload.mean, "qlut": payload.lut})
+
+  def encode_direction(self, dense, layout):
+    zero = jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), dense)
+    return self._submission(encode(dense, zero, layout, self.section)[0], layout)
+
+  def aggregate(self, subs_G, valid_G, layout):
+    subs_G = jax.tree.map(gather_leading, subs_G)
+    return aggregate(payload_of(subs_G), gather_leading(jnp.asarray(valid_G, bool)), layout)
+
+  def outer(self):
+    return outer(self.section)
+
+  @classmethod
+  def decode(cls, sub, layout):
+    return decode(payload_of(sub), layout)
+
+  @classmethod
+  def check_values(cls, sub, layout, decode=True):
+    """§7.4 for SparseLoCo: 12-bit indices inside their chunk, finite mu/LUT and values.
+    There is no transform, so the decoded entries are the values themselves: finite
+    values are finite decoded entries, and `decode` changes nothing."""
+    payload = payload_of(sub)
+    in_range, vals_ok, q_ok, unique = [], [], [], []
+    for t in layout.tensors:
+      idx, v = decode_values(payload, t)
+      in_range.append(jnp.all(idx < t.chunk_len))
+      vals_ok.append(jnp.all(jnp.isfinite(v)))
+      if payload.quantized:
+        q_ok.append(jnp.all(jnp.isfinite(payload.mean[t.name]))
+                    & jnp.all(jnp.isfinite(payload.lut[t.name])))
+      unique.append(base.unique_sorted(idx))
+    return base.chunk_flags(in_range, vals_ok, q_ok, vals_ok, unique)
+
+  @classmethod
+  def indices(cls, sub, layout):
+    return {t.name: decode_values(payload_of(sub), t)[0] for t in layout.tensors}
+
+  @classmethod
+  def eval_context(cls, subs_N, gathered_N, layout):
+    """Per-tensor clip norms: the median value norm of the gathered peers (schemes.md §4)."""
+    return clip_norms(payload_of(subs_N), gathered_N, layout)
+
+  @classmethod
+  def eval_update(cls, sub, context, layout, apply_sign=True):
+    """clip_median(decode(delta_k)), raw values and no sign (schemes.md §4)."""
+    return eval_update(payload_of(sub), context, layout)
+
+  @classmethod
+  def out_of_range(cls, sub, layout):
+    t = layout.tensors[0]
+    if t.chunk_len + 5 >= MAX_CHUNK_LEN:   # 12 bits cannot point past a 64x64 chunk
+      return None
+    n = t.n_chunks * t.k
+    bad = pack.pack12(jnp.full(t.batch_shape + (n,), t.chunk_len + 5, jnp.int32))
+    return sub._replace(idx={**sub.idx, t.name: np.asarray(bad)})
+
+
+SCHEME = SparseLoCoScheme

@@ -8,10 +8,12 @@ uid). The validator never sees these labels, only the bytes and their timestamps
 """
 from __future__ import annotations
 
-from typing import Callable
+import functools
 
+import jax
 import numpy as np
 
+from jaxnet.schemes import layout as lay
 from jaxnet.sim.config import SimConfig
 from jaxnet.submission import Layout, Submission, to_bytes
 
@@ -26,62 +28,84 @@ def _with_meta(sub: Submission, uid: int, window: int) -> Submission:
   return sub._replace(uid=np.int32(uid), window=np.int32(window))
 
 
-def _map_values(sub: Submission, fn: Callable[[str, np.ndarray], np.ndarray]) -> Submission:
-  return sub._replace(val={n: fn(n, v) for n, v in sub.val.items()})
+@functools.lru_cache(maxsize=8)
+def _codec(scheme, layout: Layout):
+  """Jitted (decode, encode_direction) of a scheme for one layout (the host's helpers)."""
+  return (jax.jit(lambda s: scheme.decode(s, layout)),
+          jax.jit(lambda d: scheme.encode_direction(d, layout)))
+
+
+def _encode(sub: Submission, dense, layout: Layout, scheme) -> Submission:
+  """A made-up direction in the scheme's format, keeping sub's metadata."""
+  out = jax.tree.map(np.asarray, _codec(scheme, layout)[1](dense))
+  return out._replace(uid=sub.uid, window=sub.window, pages=sub.pages)
+
+
+def _noise_like(dense, rng: np.random.Generator):
+  """Gaussian noise with each leaf's standard deviation (the right scale, no signal)."""
+  return jax.tree.map(lambda d: (rng.standard_normal(d.shape) * (np.std(d) + 1e-12))
+                      .astype(np.float32), dense)
 
 
 def zero_submission(sub: Submission) -> Submission:
-  """Valid format, zero direction: the free-rider that uploads 'something'."""
-  if sub.quantized:
-    return sub._replace(qmean={n: np.zeros_like(v) for n, v in sub.qmean.items()},
-                        qlut={n: np.zeros_like(v) for n, v in sub.qlut.items()})
-  return _map_values(sub, lambda n, v: np.zeros_like(v))
+  """Valid format, zero direction: the free-rider that uploads 'something'. Every float
+  array is zeroed (values, or the means, scales and LUTs that decode the codes)."""
+  zero = lambda d: {n: np.zeros_like(v) if np.asarray(v).dtype.kind == "f" else v
+                    for n, v in d.items()}
+  return sub._replace(val=zero(sub.val), qmean=zero(sub.qmean), qscale=zero(sub.qscale),
+                      qlut=zero(sub.qlut))
 
 
-def noise_submission(sub: Submission, layout: Layout, rng: np.random.Generator) -> Submission:
-  """Random indices and values of the right format and scale (the noise uploader)."""
-  idx = {t.name: rng.integers(0, t.chunk_len, size=t.idx_shape).astype(np.int16)
-         for t in layout.tensors}
-  if sub.quantized:
-    val = {n: rng.integers(0, 256, size=v.shape).astype(np.uint8) for n, v in sub.val.items()}
-  else:
-    val = {n: (rng.standard_normal(v.shape) * (np.std(v) + 1e-12)).astype(np.float32)
-           for n, v in sub.val.items()}
-  return sub._replace(idx=idx, val=val)
+def noise_submission(sub: Submission, layout: Layout, rng: np.random.Generator,
+                     scheme) -> Submission:
+  """Random direction of the right format and scale, encoded by the scheme (the noise
+  uploader): the honest upload's decoded scale per tensor, no information."""
+  dense = jax.tree.map(np.asarray, _codec(scheme, layout)[0](sub))
+  return _encode(sub, _noise_like(dense, rng), layout, scheme)
 
 
 def degrade_submission(sub: Submission, layout: Layout, fraction: float,
-                       rng: np.random.Generator) -> Submission:
+                       rng: np.random.Generator, scheme) -> Submission:
   """Replaces a `fraction` of every tensor's chunks with noise (graded honest quality)."""
-  noisy = noise_submission(sub, layout, rng)
-  idx, val = dict(sub.idx), dict(sub.val)
-  for t in layout.tensors:
+  dense = jax.tree.map(np.asarray, _codec(scheme, layout)[0](sub))
+  noise = _noise_like(dense, rng)
+  mixed = []
+  for t, d, z in zip(layout.tensors, layout.treedef.flatten_up_to(dense),
+                     layout.treedef.flatten_up_to(noise)):
     rows = rng.random(t.batch_shape + (t.n_chunks, 1)) < fraction
-    idx[t.name] = np.where(rows, noisy.idx[t.name], sub.idx[t.name])
-    val[t.name] = np.where(rows, noisy.val[t.name], sub.val[t.name])
-  return sub._replace(idx=idx, val=val)
+    c = np.where(rows, np.asarray(lay.to_chunks(z, t)), np.asarray(lay.to_chunks(d, t)))
+    mixed.append(np.asarray(lay.from_chunks(c, t)))
+  return _encode(sub, layout.treedef.unflatten(mixed), layout, scheme)
 
 
-def malformed_bytes(sub: Submission, layout: Layout, kind: str) -> bytes:
+def _first_float(sub: Submission, name: str) -> str:
+  """The first float field of tensor `name` (where a NaN is a value-check failure)."""
+  return next(f for f in ("val", "qmean", "qscale", "qlut")
+              if name in getattr(sub, f) and np.asarray(getattr(sub, f)[name]).dtype.kind == "f")
+
+
+def malformed_bytes(sub: Submission, layout: Layout, kind: str, scheme) -> bytes:
   """One malformed upload of the given kind (§7.4); all must become penalties."""
   t = layout.tensors[0]
+  if kind == "index_range":
+    bad = scheme.out_of_range(sub, layout)
+    if bad is not None:
+      return to_bytes(bad, layout)
+    kind = "nan"   # the format cannot point past a chunk (dense, or 12 bits of 4096)
   if kind == "nan":
-    if sub.quantized:
-      bad = dict(sub.qmean)
-      bad[t.name] = np.full_like(bad[t.name], np.nan)
-      return to_bytes(sub._replace(qmean=bad))
-    return to_bytes(_map_values(sub, lambda n, v: np.full_like(v, np.nan) if n == t.name else v))
-  if kind == "inf_lut" and sub.quantized:
+    f = _first_float(sub, t.name)
+    field = dict(getattr(sub, f))
+    field[t.name] = np.full_like(field[t.name], np.nan)
+    return to_bytes(sub._replace(**{f: field}), layout)
+  if kind == "inf_lut" and sub.qlut:
     bad = dict(sub.qlut)
     bad[t.name] = np.full_like(bad[t.name], np.inf)
-    return to_bytes(sub._replace(qlut=bad))
+    return to_bytes(sub._replace(qlut=bad), layout)
   if kind == "wrong_k":
-    return to_bytes(sub._replace(idx={**sub.idx, t.name: sub.idx[t.name][..., :-1]},
-                                 val={**sub.val, t.name: sub.val[t.name][..., :-1]}))
-  if kind == "index_range":
-    return to_bytes(sub._replace(idx={**sub.idx, t.name: np.full_like(sub.idx[t.name], t.chunk_len + 5)}))
-  data = to_bytes(sub)
-  return data[: len(data) // 2]   # truncated (also the fallback for inf_lut unquantised)
+    cut = lambda d: {**d, t.name: d[t.name][..., :-1]} if t.name in d else d
+    return to_bytes(sub._replace(idx=cut(sub.idx), val=cut(sub.val)), layout)
+  data = to_bytes(sub, layout)
+  return data[: len(data) // 2]   # truncated (also the fallback for inf_lut without a LUT)
 
 
 def operator_of(uid: int, behaviours: list[str], group: int) -> int:
@@ -93,12 +117,13 @@ def operator_of(uid: int, behaviours: list[str], group: int) -> int:
 
 
 def make_uploads(behaviours: list[str], honest: list[Submission], window: int,
-                 previous: list[Submission | None], layout: Layout, cfg: SimConfig):
+                 previous: list[Submission | None], layout: Layout, cfg: SimConfig, scheme):
   """-> (uploads [N] bytes|None, offsets_s [N], probe_present [N]).
 
   `honest[u]` is uid u's own computation for this round (metadata set); `previous[u]` what
-  it computed last round (for replay).
+  it computed last round (for replay); `scheme` the network's scheme (its format).
   """
+  put = lambda sub: to_bytes(sub, layout)
   n = len(behaviours)
   lo, hi = cfg.honest_upload_s
   offsets = np.array([rng_for(cfg.seed, window, u, 1).uniform(lo, hi) for u in range(n)])
@@ -110,34 +135,38 @@ def make_uploads(behaviours: list[str], honest: list[Submission], window: int,
     sub = honest[u]
     rng = rng_for(cfg.seed, window, u, 2)
     if b in ("honest", "wrong_data", "desync"):
-      uploads[u] = to_bytes(sub)
+      uploads[u] = put(sub)
     elif b == "free_rider":
       probe[u] = False
     elif b == "degraded":
-      uploads[u] = to_bytes(degrade_submission(sub, layout, degraded[u], rng))
+      uploads[u] = put(degrade_submission(sub, layout, degraded[u], rng, scheme))
     elif b == "zeros":
-      uploads[u] = to_bytes(zero_submission(sub))
+      uploads[u] = put(zero_submission(sub))
     elif b == "noise":
-      uploads[u] = to_bytes(noise_submission(sub, layout, rng))
+      uploads[u] = put(noise_submission(sub, layout, rng, scheme))
     elif b == "malformed":
-      uploads[u] = malformed_bytes(sub, layout, MALFORMED_KINDS[(window + u) % len(MALFORMED_KINDS)])
+      uploads[u] = malformed_bytes(sub, layout, MALFORMED_KINDS[(window + u) % len(MALFORMED_KINDS)],
+                                   scheme)
     elif b == "late":
-      uploads[u], offsets[u] = to_bytes(sub), cfg.late_s
+      uploads[u], offsets[u] = put(sub), cfg.late_s
     elif b == "early":
-      uploads[u], offsets[u] = to_bytes(sub), cfg.early_s
+      uploads[u], offsets[u] = put(sub), cfg.early_s
     elif b == "replay":
       prev = previous[u] if previous[u] is not None else sub
-      uploads[u] = to_bytes(_with_meta(prev, u, window))
+      uploads[u] = put(_with_meta(prev, u, window))
     elif b == "copier":
       victim = honest_uids[u % len(honest_uids)] if honest_uids else (u + 1) % n
       copied = _with_meta(honest[victim], u, window)
-      if cfg.copy_noise > 0 and not copied.quantized:
-        copied = _map_values(copied, lambda _, v: v * (1 + cfg.copy_noise * rng.standard_normal(v.shape)).astype(np.float32))
-      uploads[u] = to_bytes(copied)
+      if cfg.copy_noise > 0:   # a near-copy: the victim's direction, perturbed, re-encoded
+        dense = jax.tree.map(np.asarray, _codec(scheme, layout)[0](copied))
+        dense = jax.tree.map(lambda d: (d * (1 + cfg.copy_noise * rng.standard_normal(d.shape)))
+                             .astype(np.float32), dense)
+        copied = _encode(copied, dense, layout, scheme)
+      uploads[u] = put(copied)
       offsets[u] = min(offsets[victim] + cfg.copy_delay_s, cfg.late_s - 1e-3)
     elif b == "sybil":
       op = operator_of(u, behaviours, cfg.sybil_uids_per_operator)
-      uploads[u] = to_bytes(_with_meta(honest[op], u, window))
+      uploads[u] = put(_with_meta(honest[op], u, window))
       offsets[u] = offsets[op]
     else:  # pragma: no cover - SimConfig validates names
       raise ValueError(f"unknown behaviour {b!r}")

@@ -1,11 +1,12 @@
 """The network loop: peers, uploads, the validator, the outer step and the ledger.
 
-One round w (gauntlet.md §15.1): every uid computes what its behaviour says (honest DeMo
-on `pages(uid, w)`, or wrong pages, or a stale model), uploads through `Storage` with a
-timestamp relative to the window boundary T_{w+1}; the validator reads the storage (only
-bytes and times), scores the round and posts weights and the gather list; every honest
-node aggregates the valid gather peers and applies θ ← θ − η_t·sign(·). Every
-`sim.ledger_every` rounds a ledger epoch turns the validators' weights into emission.
+One round w (gauntlet.md §15.1, schemes.md §1): every uid computes what its behaviour says
+(the scheme's honest round on `pages(uid, w)`, or wrong pages, or a stale model), uploads
+through `Storage` with a timestamp relative to the window boundary T_{w+1}; the validator
+reads the storage (only bytes and times), scores the round and posts weights and the
+gather list; every honest node aggregates the valid gather peers and applies the scheme's
+outer optax transformation. Every `sim.ledger_every` rounds a ledger epoch turns the
+validators' weights into emission. The scheme is `cfg.scheme`; nothing here names one.
 
 The whole state is one pytree (`NetState`), checkpointed with Orbax; a run that is killed
 and resumed gives bit-identical results.
@@ -20,8 +21,9 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
-from jaxnet import demo, peer, sharding as shd
+from jaxnet import peer, schemes, sharding as shd
 from jaxnet import model as jmodel
 from jaxnet import loop
 from jaxnet.loop import Task
@@ -39,16 +41,24 @@ WRONG_DATA_SHIFT = 100_003  # wrong-data peers train on pages of a far-away wind
 
 # Module-level jitted functions: every Network of one process shares their compile cache
 # (the static arguments are hashable configs, layouts and meshes).
+def _outer_step(params, outer_state, direction, *, scheme):
+  """The scheme's outer optax update on an aggregated direction."""
+  updates, outer_state = scheme.outer().update(direction, outer_state, params)
+  return optax.apply_updates(params, updates), outer_state
+
+
 _peers_round = jax.jit(peer.peers_round, static_argnames=("layout", "cfg", "mesh"))
-_aggregate = jax.jit(demo.aggregate, static_argnames=("layout", "cfg"))
-_outer_step = jax.jit(demo.outer_step, static_argnames=("cfg",))
+_aggregate = jax.jit(lambda subs, valid, *, scheme, layout: scheme.aggregate(subs, valid, layout),
+                     static_argnames=("scheme", "layout"))
+_outer = jax.jit(_outer_step, static_argnames=("scheme",))
 _sync_probe = jax.jit(fast.sync_probe, static_argnames=("layout",))
 _loss = jax.jit(jmodel.loss_fn, static_argnames=("cfg",))
 
 
 class NetState(NamedTuple):
   params: Any              # θ of every honest node
-  momenta: demo.DemoState  # [N] per-uid DeMo state
+  outer: Any               # the scheme's outer optax state (its count is the round)
+  peers: Any               # [N] per-uid scheme state (DeMo momentum, inner AdamW, EF buffer)
   stale_params: Any        # θ of the desynced nodes (they skip outer steps)
   validator: ValidatorState
   prev_subs: Submission    # [N] last round's own computations (for replay)
@@ -72,16 +82,18 @@ class Network:
     devs = list(devices or jax.local_devices())
     size = max(d for d in range(1, len(devs) + 1) if self.n % d == 0)
     self.mesh = shd.make_mesh("peer", size if cfg.mesh.peer == -1 else min(cfg.mesh.peer, size), devs)
-    self.layout = demo.make_layout(jmodel.abstract_params(cfg.model), cfg.demo,
-                                   n_pages=cfg.data.pages_per_window)
+    self.scheme = schemes.get(cfg)
+    self.scheme.check_config()
+    self.layout = self.scheme.make_layout(jmodel.abstract_params(cfg.model),
+                                          n_pages=cfg.data.pages_per_window)
     self.validator = collect.Validator(cfg, self.layout, self.n, self.mesh)
     # objects live under this run's id: another run's uploads in a reused directory are unseen
     self.storage = make_storage(cfg.sim.storage, run_id=run_id)
     self.desync = np.array([b == "desync" for b in self.behaviours])
     self._peers = partial(_peers_round, layout=self.layout, cfg=cfg, mesh=self.mesh)
     self._peers_one_device = partial(_peers_round, layout=self.layout, cfg=cfg, mesh=None)
-    self._agg = partial(_aggregate, layout=self.layout, cfg=cfg.demo)
-    self._outer = partial(_outer_step, cfg=cfg.demo)
+    self._agg = partial(_aggregate, scheme=self.scheme, layout=self.layout)
+    self._outer = partial(_outer, scheme=self.scheme)
     self._probe = partial(_sync_probe, layout=self.layout)
     self._val_loss = partial(_loss, cfg=cfg.model)
     self.val_batch = self.corpus.val_batch(min(32, self.corpus.n_val))
@@ -93,7 +105,8 @@ class Network:
     params = jmodel.init_params(self.cfg.model, jax.random.key(self.cfg.train.seed))
     zero = collect.zeros_submission(self.layout)
     prev = jax.tree.map(lambda x: np.broadcast_to(x, (self.n,) + x.shape).copy(), zero)
-    return NetState(params, peer.init_states(params, self.n), params,
+    return NetState(params, self.scheme.outer().init(params),
+                    peer.init_states(params, self.n, self.cfg), params,
                     init_validator(self.n, self.cfg.gauntlet), prev, self.ledger.init(),
                     jnp.int32(0))
 
@@ -101,7 +114,7 @@ class Network:
     """Commits the state to the mesh (peer-axis leaves split, the rest replicated), so that
     fresh, restored and computed states share one compilation of every jitted piece."""
     rep, along = shd.replicated(self.mesh), shd.along(self.mesh, "peer")
-    return st._replace(**{k: shd.put_tree(v, along if k in ("momenta", "prev_subs") else rep)
+    return st._replace(**{k: shd.put_tree(v, along if k in ("peers", "prev_subs") else rep)
                           for k, v in st._asdict().items()})
 
   # ------------------------------------------------------------------ one round
@@ -117,26 +130,27 @@ class Network:
 
   def _compute(self, st: NetState, window: int, lr_t):
     batches = self._batches(window)
-    subs, momenta, losses = self._peers(st.params, st.momenta, batches, lr_t)
+    subs, states, losses = self._peers(st.params, st.peers, batches, lr_t)
     if self.desync.any():  # desynced uids compute on their stale model (only those uids)
       d = np.flatnonzero(self.desync)
       take = lambda x: x[d]
-      d_out = self._peers_one_device(st.stale_params, jax.tree.map(take, st.momenta),
+      d_out = self._peers_one_device(st.stale_params, jax.tree.map(take, st.peers),
                                      jax.tree.map(take, batches), lr_t)
-      subs, momenta, losses = jax.tree.map(lambda a, b: a.at[d].set(b), (subs, momenta, losses), d_out)
+      subs, states, losses = jax.tree.map(lambda a, b: a.at[d].set(b), (subs, states, losses), d_out)
     pages = np.stack([self.corpus.pages(u, window) for u in range(self.n)]).astype(np.int32)
     subs = subs._replace(uid=jnp.arange(self.n, dtype=jnp.int32),
                          window=jnp.full((self.n,), window, jnp.int32), pages=jnp.asarray(pages))
-    return jax.tree.map(np.asarray, subs), momenta, np.asarray(losses)
+    return jax.tree.map(np.asarray, subs), states, np.asarray(losses)
 
   def upload(self, st: NetState, w: int, lr_t):
     """Every uid computes and uploads round w (gradient + debug objects) into the storage."""
     n = self.n
-    subs, momenta, peer_losses = self._compute(st, w, lr_t)
+    subs, states, peer_losses = self._compute(st, w, lr_t)
     own = [jax.tree.map(lambda x: x[u], subs) for u in range(n)]
     prev = [jax.tree.map(lambda x: x[u], st.prev_subs) for u in range(n)] if w > 0 else [None] * n
     uploads, offsets, probe_ok = adversaries.make_uploads(self.behaviours, own, w, prev,
-                                                          self.layout, self.cfg.sim)
+                                                          self.layout, self.cfg.sim,
+                                                          self.scheme)
     boundary = (w + 1) * WINDOW_S   # T_{w+1}
     honest_probe = np.asarray(self._probe(st.params))
     stale_probe = np.asarray(self._probe(st.stale_params))
@@ -146,7 +160,7 @@ class Network:
       if probe_ok[u]:
         pr = stale_probe if self.desync[u] else honest_probe
         self.storage.put(debug_name(w, u), pr.astype(np.float32).tobytes(), boundary + offsets[u])
-    return subs, momenta, peer_losses
+    return subs, states, peer_losses
 
   def validator_inputs(self, w: int, salt: int = 0):
     """What the validator reads for round w: only the storage, plus its own data."""
@@ -179,19 +193,21 @@ class Network:
   def run_round(self, st: NetState) -> tuple[NetState, dict]:
     cfg = self.cfg
     w = int(st.window)
-    lr_t = demo.demo_lr(w, cfg.demo)
-    subs, momenta, peer_losses = self.upload(st, w, lr_t)
+    lr_t = self.scheme.step_size(w)
+    subs, states, peer_losses = self.upload(st, w, lr_t)
     inputs, reasons = self.validator_inputs(w)
     vstate, report = self.validator.round(st.validator, inputs, st.params, w, lr_t, self.round_key(w))
     report = {k2: np.asarray(v) for k2, v in report.items()}
     report["reason"] = collect.explain(report, reasons)
     # ---- aggregate the valid gather peers, outer step on every node
     direction = self._agg(inputs.subs, jnp.asarray(report["gather_valid"]))
-    params = self._outer(st.params, direction, lr_t)
-    stale = self._outer(st.stale_params, direction, lr_t) if w % cfg.sim.desync_every == 0 else st.stale_params
+    params, outer_state = self._outer(st.params, st.outer, direction)
+    # a desynced node applies only every desync_every-th step (with the honest outer state)
+    stale = (self._outer(st.stale_params, st.outer, direction)[0]
+             if w % cfg.sim.desync_every == 0 else st.stale_params)
     ledger_state, ledger_log = self.ledger.maybe_epoch(st.ledger, w, report["weight"])
-    new = NetState(params, momenta, stale, vstate, jax.tree.map(jnp.asarray, subs), ledger_state,
-                   jnp.int32(w + 1))
+    new = NetState(params, outer_state, states, stale, vstate, jax.tree.map(jnp.asarray, subs),
+                   ledger_state, jnp.int32(w + 1))
     metrics = self._metrics(w, new, report, peer_losses, float(lr_t), ledger_log)
     return new, metrics
 
@@ -246,6 +262,7 @@ def simulate(cfg: Config, *, progress: bool = True, devices=None, stop_after: in
                                    "top": f"{r['top_uids'][0]}:{r['top_weights'][0]:.2f}"},
                 hooks=[on_round] if on_round is not None else [])
 
-  compat = {"model": to_dict(cfg.model), "gauntlet": to_dict(cfg.gauntlet)}
+  compat = {"model": to_dict(cfg.model), "gauntlet": to_dict(cfg.gauntlet), "scheme": cfg.scheme,
+            cfg.scheme: to_dict(getattr(cfg, cfg.scheme))}
   out = loop.run(cfg, "simulate", build, compat=compat, progress=progress, stop_after=stop_after)
   return dict(out, network=built["net"])
