@@ -55,7 +55,7 @@ def main(argv=None):
   base = dataclasses.replace(cfg, train=tcfg,
                              checkpoint=dataclasses.replace(cfg.checkpoint, resume="never", dir="", every=0))
   run = jtrain.Run(base, devices=jax.devices()[:1])
-  val = run.corpus.val_batch(min(32, run.corpus.n_val))
+  val = run.corpus.held_out()
   loss = jax.jit(lambda p: jmodel.loss_fn(p, val, cfg.model))
   state = run.init_fn()
   adamw_val = []

@@ -1,14 +1,20 @@
 """Incentives: weight share per behaviour class over rounds, and each attacker's return on
-its compute against an honest peer's (gauntlet.md §16, §17.3 b-c).
+its compute against an honest peer's (gauntlet.md §16, §17.3 b-c), under any scheme.
 
-  python experiments/incentives.py [--config configs/sim-small.yaml] [--rounds 40] [overrides]
+  python experiments/incentives.py [--config configs/sim-small.yaml] [--rounds 40]
+                                   [--seeds 0] [overrides, e.g. --scheme sparseloco]
 
-Target (issue 7): honest peers hold > 95 % of the weight at the end; every adversary
-class < 1 % in total. Writes results/incentives.{json,png}.
+With several `--seeds` (sim, init and page seeds together) the JSON holds every seed's
+figures and their mean and spread; the figure shows the first seed's shares and the mean
+return on compute with its min-max range. Target (issue 7): honest peers hold > 95 % of the
+weight at the end; every adversary class < 1 % in total. Writes
+results/incentives.{json,png} (DeMo), results/incentives-<scheme>.{json,png} otherwise.
 """
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 import numpy as np
 
@@ -16,27 +22,8 @@ from _common import ROOT, fresh_run_dir, compute_units, out_paths, run_sim, writ
 from jaxnet.config import load_config
 
 
-def main(argv=None):
-  ap = argparse.ArgumentParser(description=__doc__)
-  ap.add_argument("--config", default=str(ROOT / "configs" / "sim-small.yaml"))
-  ap.add_argument("--rounds", type=int, default=None)
-  ap.add_argument("--from-run", default=None, help="re-analyse a finished run directory")
-  args, overrides = ap.parse_known_args(argv)
-  extra = ["--train.out_dir", fresh_run_dir("incentives") if not args.from_run else str(ROOT / "runs" / "exp-incentives-reread"), "--checkpoint.resume", "never"]
-  if args.rounds:
-    extra += ["--sim.rounds", str(args.rounds)]
-  cfg = load_config(args.config, extra + overrides)
-  if args.from_run:
-    import json
-    from pathlib import Path
-    from jaxnet.report import load_metrics
-    hist = load_metrics(Path(args.from_run))
-    beh = json.loads((Path(args.from_run) / "behaviours.json").read_text())
-    res = {"seconds": None}
-  else:
-    res = run_sim(cfg, "incentives")
-    beh = res["network"].behaviours
-    hist = res["history"]
+def analyse(hist: list[dict], beh: list[str], cfg) -> dict:
+  """Shares, return on compute and targets of one run."""
   W = np.array([r["report"]["weight"] for r in hist])            # [R, N]
   classes = sorted(set(beh))
   share = {c: W[:, np.array([b == c for b in beh])].sum(1) for c in classes}
@@ -54,35 +41,97 @@ def main(argv=None):
     roi[c] = float("inf") if spent == 0 and got > 0 else (0.0 if got == 0 else float(got / spent / honest_roi))
   final = {c: float(share[c][-1]) for c in classes}
   adversaries = [c for c in classes if c != "honest"]
-  out = {"rounds": len(hist), "seconds": res["seconds"], "final_share": final,
-         "share_by_round": {c: share[c].tolist() for c in classes},
-         "roi_vs_honest": roi, "cumulative_weight": {c: float(earned[np.array([b == c for b in beh])].sum()) for c in classes},
-         "target_honest_gt_95": final["honest"] > 0.95,
-         "target_each_adversary_lt_1": all(final[c] < 0.01 for c in adversaries),
-         "val_loss": [r["val_loss"] for r in hist]}
-  json_path, png_path = out_paths("incentives")
+  return {"rounds": len(hist), "final_share": final,
+          "share_by_round": {c: share[c].tolist() for c in classes},
+          "roi_vs_honest": roi,
+          "cumulative_weight": {c: float(earned[np.array([b == c for b in beh])].sum()) for c in classes},
+          "target_honest_gt_95": final["honest"] > 0.95,
+          "target_each_adversary_lt_1": all(final[c] < 0.01 for c in adversaries),
+          "val_loss": [r["val_loss"] for r in hist]}
+
+
+def _spread(values: list[float]) -> dict:
+  v = np.asarray(values, float)
+  return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+          "min": float(v.min()), "max": float(v.max())}
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__)
+  ap.add_argument("--config", default=str(ROOT / "configs" / "sim-small.yaml"))
+  ap.add_argument("--rounds", type=int, default=None)
+  ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+  ap.add_argument("--from-run", default=None, help="re-analyse a finished run directory")
+  args, overrides = ap.parse_known_args(argv)
+  name = "incentives"
+  runs = []
+  for seed in ([None] if args.from_run else args.seeds):
+    extra = ["--checkpoint.resume", "never"]
+    if args.rounds:
+      extra += ["--sim.rounds", str(args.rounds)]
+    if seed is not None and len(args.seeds) > 1:
+      extra += ["--sim.seed", str(seed), "--train.seed", str(seed), "--data.seed", str(seed)]
+    cfg = load_config(args.config, extra + overrides)
+    name = "incentives" if cfg.scheme == "demo" else f"incentives-{cfg.scheme}"
+    if args.from_run:
+      from jaxnet.report import load_metrics
+      hist = load_metrics(Path(args.from_run))
+      beh = json.loads((Path(args.from_run) / "behaviours.json").read_text())
+      seconds = None
+    else:
+      out_dir = fresh_run_dir(f"{name}-{seed}" if len(args.seeds) > 1 else name)
+      cfg = load_config(args.config, extra + overrides + ["--train.out_dir", out_dir])
+      res = run_sim(cfg, f"{name} seed {seed}")
+      beh, hist, seconds = res["network"].behaviours, res["history"], res["seconds"]
+    runs.append(dict(analyse(hist, beh, cfg), seed=seed, seconds=seconds))
+  classes = sorted(runs[0]["final_share"])
+  out = dict(runs[0]) if len(runs) == 1 else {
+      "rounds": runs[0]["rounds"], "seeds": args.seeds,
+      "final_share": {c: _spread([r["final_share"][c] for r in runs]) for c in classes},
+      "roi_vs_honest": {c: _spread([r["roi_vs_honest"][c] for r in runs]) for c in classes},
+      "target_honest_gt_95_all_seeds": all(r["target_honest_gt_95"] for r in runs),
+      "target_each_adversary_lt_1_all_seeds": all(r["target_each_adversary_lt_1"] for r in runs),
+      "runs": runs}
+  out.update(scheme=cfg.scheme, overrides=overrides)
+  json_path, png_path = out_paths(name)
   write_json(json_path, out)
+  plot(runs, classes, png_path, cfg.scheme)
+  for r in runs:
+    print(f"seed {r['seed']}: final weight share", {c: round(v, 4) for c, v in r["final_share"].items()})
+    print("  return on compute vs honest:",
+          {c: (round(v, 3) if np.isfinite(v) else v) for c, v in r["roi_vs_honest"].items()})
+  return out
+
+
+def plot(runs: list[dict], classes: list[str], png_path, scheme: str) -> None:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-  rounds = np.arange(1, len(hist) + 1)
-  axes[0].stackplot(rounds, *[share[c] for c in classes], labels=classes)
+  colours = plt.get_cmap("tab20").colors
+  fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+  first = runs[0]
+  rounds = np.arange(1, first["rounds"] + 1)
+  axes[0].stackplot(rounds, *[first["share_by_round"][c] for c in classes], labels=classes,
+                    colors=[colours[i % 20] for i in range(len(classes))])
   axes[0].set_xlabel("round")
-  axes[0].set_ylabel("weight share")
-  axes[0].legend(fontsize=7, loc="lower left")
+  axes[0].set_ylabel("weight share (sums to 1)")
+  axes[0].set_title(f"{scheme}: weight by behaviour class (seed {first['seed']})", fontsize=9)
+  axes[0].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
   names = [c for c in classes if c != "honest"]
-  vals = [min(roi[c], 2.0) if np.isfinite(roi[c]) else 2.0 for c in names]
-  axes[1].barh(names, vals)
+  cap = lambda v: min(v, 2.0) if np.isfinite(v) else 2.0
+  vals = np.array([[cap(r["roi_vs_honest"][c]) for r in runs] for c in names])   # [C, S]
+  mean = vals.mean(1)
+  err = np.stack([mean - vals.min(1), vals.max(1) - mean])
+  axes[1].barh(names, mean, xerr=err if len(runs) > 1 else None,
+               color=[colours[classes.index(c) % 20] for c in names])
   axes[1].axvline(1.0, color="k", ls="--", lw=1, label="honest peer")
-  axes[1].set_xlabel("return on compute vs honest (capped at 2)")
-  axes[1].legend()
+  axes[1].set_xlabel("return on compute vs an honest peer (capped at 2)")
+  axes[1].set_title(f"mean over {len(runs)} seed(s), bars: min-max", fontsize=9)
+  axes[1].legend(fontsize=8)
   fig.tight_layout()
   fig.savefig(png_path, dpi=110)
+  plt.close(fig)
   print(f"wrote {png_path}")
-  print("final weight share:", {c: round(v, 4) for c, v in final.items()})
-  print("return on compute vs honest:", {c: (round(v, 3) if np.isfinite(v) else v) for c, v in roi.items()})
-  return out
 
 
 if __name__ == "__main__":

@@ -70,9 +70,11 @@ class DataConfig:
   pages_per_window: int = 2      # pages assigned to a peer per round (reference: 6)
   seed: int = 0                  # corpus-level seed for page assignment
   val_fraction: float = 0.02     # tail of the token stream kept for validation
+  val_sequences: int = 64        # held-out sequences every mode's val_loss is measured on (the
+                                 #   first ones of the held-out tail; fewer if it holds fewer)
 
   def __post_init__(self):
-    for name in ("seq_len", "page_size", "pages_per_window"):
+    for name in ("seq_len", "page_size", "pages_per_window", "val_sequences"):
       _require(getattr(self, name) > 0, f"data.{name}", "must be positive")
     _require(0.0 <= self.val_fraction < 0.5, "data.val_fraction", "must be in [0, 0.5)")
 

@@ -81,7 +81,7 @@ class DecentralRun:
 def decentral_task(cfg: Config, run: DecentralRun) -> Task:
   """Rounds of P honest peers as a `jaxnet.loop.Task` (state: params, the outer
   optimizer's state and the peers' scheme states)."""
-  val = run.corpus.val_batch(min(64, run.corpus.n_val))
+  val = run.corpus.held_out()
   val_loss = jax.jit(partial(jmodel.loss_fn, cfg=cfg.model))
 
   def step(state, w):

@@ -126,7 +126,7 @@ class Run:
                            donate_argnums=(0,))
     init = jax.jit(partial(init_state, cfg, tx=self.tx), out_shardings=self.state_sharding)
     self.init_fn = lambda: init(jax.random.key(cfg.train.seed))
-    self.val_batch = self.corpus.val_batch(cfg.train.batch_size)
+    self.val_batch = self.corpus.held_out()
     self.val_loss_fn = jax.jit(partial(jmodel.loss_fn, cfg=cfg.model))
 
   def batch(self, step: int) -> dict:

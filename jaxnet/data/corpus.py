@@ -144,6 +144,12 @@ class Corpus:
     """The training batch of `step` ([batch_size, L]); same step, same data (resume-safe)."""
     return self.batch(self.train_seq_ids(step, batch_size))
 
+  def held_out(self) -> dict[str, np.ndarray]:
+    """The held-out batch every mode reports `val_loss` on: the first `data.val_sequences`
+    held-out sequences (all of them when the tail holds fewer), so that centralised,
+    decentralised and network runs of one corpus are compared on the same tokens."""
+    return self.val_batch(min(self.cfg.val_sequences, self.n_val))
+
   def val_batch(self, n: int | None = None) -> dict[str, np.ndarray]:
     """The first `n` (default all) held-out sequences, [n, L], in stream order."""
     n = self.n_val if n is None else n

@@ -96,7 +96,7 @@ class Network:
     self._outer = partial(_outer, scheme=self.scheme)
     self._probe = partial(_sync_probe, layout=self.layout)
     self._val_loss = partial(_loss, cfg=cfg.model)
-    self.val_batch = self.corpus.val_batch(min(32, self.corpus.n_val))
+    self.val_batch = self.corpus.held_out()
     from jaxnet.sim import ledger_bridge
     self.ledger = ledger_bridge.LedgerBridge(cfg, self.n)
 
