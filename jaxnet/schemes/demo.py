@@ -147,9 +147,7 @@ def _submission(leaves: list, layout: Layout) -> Submission:
     fields["idx"][t.name], fields["val"][t.name] = idx, val
     if qp is not None:
       fields["qmean"][t.name], fields["qscale"][t.name], fields["qlut"][t.name] = qp
-  zero = jnp.zeros((), jnp.int32)
-  return Submission(**fields, uid=zero, window=zero,
-                    pages=jnp.zeros(layout.n_pages, jnp.int32))
+  return base.empty_submission(layout, fields)
 
 
 def encode(buffers, layout: Layout, cfg: DemoConfig) -> Submission:
