@@ -54,6 +54,15 @@ def compute_units(behaviours: list[str], sybil_group: int) -> np.ndarray:
   return units
 
 
+def spread(values) -> dict:
+  """Mean, sample std, min and max of a per-seed figure (a README figure's spread)."""
+  v = np.asarray(list(values), float)
+  if v.size == 0:
+    return {"mean": None, "std": None, "min": None, "max": None}
+  return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else 0.0,
+          "min": float(v.min()), "max": float(v.max())}
+
+
 def first_round_all_zero(finals: np.ndarray, mask: np.ndarray) -> int | None:
   """First round r such that F <= 0 for every masked uid at r and at every later round."""
   ok = (finals[:, mask] <= 0).all(axis=1)

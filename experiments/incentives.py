@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import ROOT, fresh_run_dir, compute_units, out_paths, run_sim, write_json
+from _common import ROOT, fresh_run_dir, compute_units, out_paths, run_sim, spread, write_json
 from jaxnet.config import load_config
 
 
@@ -48,12 +48,6 @@ def analyse(hist: list[dict], beh: list[str], cfg) -> dict:
           "target_honest_gt_95": final["honest"] > 0.95,
           "target_each_adversary_lt_1": all(final[c] < 0.01 for c in adversaries),
           "val_loss": [r["val_loss"] for r in hist]}
-
-
-def _spread(values: list[float]) -> dict:
-  v = np.asarray(values, float)
-  return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
-          "min": float(v.min()), "max": float(v.max())}
 
 
 def main(argv=None):
@@ -87,8 +81,8 @@ def main(argv=None):
   classes = sorted(runs[0]["final_share"])
   out = dict(runs[0]) if len(runs) == 1 else {
       "rounds": runs[0]["rounds"], "seeds": args.seeds,
-      "final_share": {c: _spread([r["final_share"][c] for r in runs]) for c in classes},
-      "roi_vs_honest": {c: _spread([r["roi_vs_honest"][c] for r in runs]) for c in classes},
+      "final_share": {c: spread([r["final_share"][c] for r in runs]) for c in classes},
+      "roi_vs_honest": {c: spread([r["roi_vs_honest"][c] for r in runs]) for c in classes},
       "target_honest_gt_95_all_seeds": all(r["target_honest_gt_95"] for r in runs),
       "target_each_adversary_lt_1_all_seeds": all(r["target_each_adversary_lt_1"] for r in runs),
       "runs": runs}

@@ -154,3 +154,27 @@ def test_put_window_rule():
   np.testing.assert_array_equal(t.too_early, [True, False, False, False, False])
   np.testing.assert_array_equal(t.too_late, [False, False, False, True, False])
   np.testing.assert_array_equal(t.missing, [False, False, False, False, True])
+
+
+def test_a_non_finite_loss_score_is_a_penalty_not_a_silent_skip(round_setup):
+  """Issue 12 finding 6: an upload that passes the format checks (finite values, LUT and
+  decode) but whose raw step (eval_apply_sign off, a large eval step) overflows the model
+  gets the malformed penalty and a reason; the round goes on for everyone else (their
+  raw steps are small enough)."""
+  cfg, params, layout, uploads, offsets, data, state = round_setup
+  cfg = load_config(TINY, ["--gauntlet.sample_rate", "0.5", "--gauntlet.gather_size", "8",
+                           "--gauntlet.minimum_peers", "2", "--gauntlet.eval_apply_sign", "false",
+                           "--gauntlet.eval_lr_factor", "1e10"])
+  from jaxnet.submission import from_bytes
+  sub = from_bytes(uploads[0], layout)
+  big = lambda d: {k: (v * np.float32(1e20) * np.float32(1e20)).astype(v.dtype) if v.dtype.kind == "f" else v
+                   for k, v in d.items()}   # finite values (or LUT), far too large a step
+  bomb = sub._replace(val=big(sub.val), qlut=big(sub.qlut))
+  uploads = [to_bytes(bomb, layout)] + list(uploads[1:])
+  v = collect.Validator(cfg, layout, N, None)
+  _, report = collect.validator_round(state, uploads, offsets, params, data, jax.random.key(0),
+                                      validator=v, window=0, lr_t=2e-3)
+  assert report["format_ok"][0] and report["slash_nonfinite"][0]
+  assert report["reason"][0] == "nonfinite_loss"
+  assert not report["scored"][0] and report["final"][0] == 0.0 and report["weight"][0] == 0.0
+  assert report["scored"][1:N_HONEST].all()

@@ -168,6 +168,12 @@ def explain(report: dict, reasons: Sequence[str]) -> np.ndarray:
       out.append("too_early")
     elif report["too_late"][u]:
       out.append("too_late")
+    elif report["slash_nonfinite"][u]:
+      out.append("nonfinite_loss")     # its step made the validator's loss NaN/Inf
+    elif report["copy_level"][u] > 0:
+      out.append("copy")               # copy_partner names the upload it copied
+    elif report["timeout"][u]:
+      out.append("timeout")            # a copier's timeout: not evaluated, not gathered
     else:
       out.append("")
   return np.asarray(out, dtype=object)

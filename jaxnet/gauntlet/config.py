@@ -8,6 +8,9 @@ Presets (`preset`). "paper" is the rule set above. "templar-final" is templar's 
 (templar @142666f0, schemes.md §5): the rules of `jaxnet.gauntlet.templar`, whose constants
 are the fields under "templar-final rules" (their defaults are templar's values and only that
 preset reads them), plus the shared fields that `PRESETS["templar-final"]` changes.
+"hardened" is the paper's rules with jaxnet's fixes of issue 12 (proof of assigned data
+with a stated false-positive rate, gather hygiene, copy blame by evidence, calibrated copy
+flags); each fix is its own field, off under "paper".
 
 How a preset fills fields. The preset is expanded when the section is built, in
 `__post_init__`: every field the caller did not pass takes the preset's value. "Did not
@@ -31,7 +34,7 @@ from jaxnet.gauntlet.rating import RatingParams
 
 __all__ = ["GauntletConfig", "GauntletError", "check_pool_array", "PRESETS", "preset_overrides"]
 
-Preset = Literal["paper", "templar-final"]
+Preset = Literal["paper", "templar-final", "hardened"]
 
 # The shared fields each preset changes (schemes.md §5). The templar-only rule constants are
 # not listed: their defaults already are templar's values, and the paper path never reads them.
@@ -47,6 +50,17 @@ PRESETS: dict[str, dict] = {
     "overlap_detection": True,       # copy detection on (threshold 0.4: the default)
     "overlap_scope": "gathered",     # checked over the gathered peers only
     "overlap_warmup_windows": 20,    # skipped in the first 20 steps
+  },
+  # jaxnet's hardened paper rules (issue 12): pay for evidence of own-page training only,
+  # gather only positive scores, blame the copier by evidence, calibrated copy flags.
+  "hardened": {
+    "indicator_foils": True,         # own pages must beat the random AND a foil's pages
+    "evidence_alpha": 5e-4,          # pay once the binomial test rejects at 0.05 %
+    "gather_rule": "scored",         # no timed-out, unscored or non-positive uid gathered
+    "overlap_detection": True,
+    "overlap_statistic": "values",   # sketched cosine of the coefficient values
+    "overlap_calibration": "round",  # thresholds from the round's own pair distances
+    "copy_blame": "evidence",        # the member without own-page evidence is the copier
   },
 }
 
@@ -84,8 +98,9 @@ class GauntletConfig:
   set (module docstring).
   """
   preset: Preset = "paper"               # paper: gauntlet.md rules; templar-final: templar's
-                                         # last validator (schemes.md §5); fills the fields
-                                         # not set explicitly (PRESETS), explicit ones win
+                                         # last validator (schemes.md §5); hardened: paper +
+                                         # issue 12's fixes; fills the fields not set
+                                         # explicitly (PRESETS), explicit ones win
   # --- slashes (§7.1-§7.3, §9.2 step 2, §14; hard-coded 0.75 in the reference validator)
   slash_inactive: float = 0.75           # per inactive window (§7.1)
   slash_missing: float = 0.75            # gather peer skipped / evaluated peer missing or late
@@ -103,6 +118,21 @@ class GauntletConfig:
   # --- unique-computation indicator and its EMA (§10, §18 row 4)
   bma_alpha: float = 0.05                # binary_score_ma_alpha
   bma_init: float = 0.0                  # BMA starts at 0 at the reference commit
+
+  # --- proof of assigned data (issue 12; beyond the paper, `preset: hardened`)
+  indicator_foils: bool = False          # I = +1 only when the own pages improve more than
+                                         # the random pages AND a foil (another evaluated
+                                         # peer's assigned pages): null rate 1/3, not 1/2
+  evidence_alpha: float = 0.0            # F > 0 only once a one-sided binomial test of the
+                                         # last evidence_window indicators rejects "not
+                                         # trained on its own pages" at this level (a false
+                                         # positive rate per look); 0 = off: the paper pays
+                                         # max(0, BMA), the positive half of a random walk
+  evidence_window: int = 20              # indicators the test looks at (<= 30)
+  gather_rule: Literal["reference", "scored"] = "reference"  # §13 reference: top-G by
+                                         # weight, zero-weight uids fill free slots at random;
+                                         # scored: only uids with a positive score (ordinal x
+                                         # BMA+ x sync), never timed out; fewer than G is fine
 
   # --- sync score (§7.2)
   sync_saturation: float = 5.0           # x is capped at 5 steps behind
@@ -165,6 +195,23 @@ class GauntletConfig:
                                          # the gathered peers only (templar-final)
   overlap_warmup_windows: int = 0        # no copy verdict in windows < this (templar-final 20:
                                          # "skipped in the first 20 steps"); 0 = always checked
+  # the pair statistic: templar's index overlap, or the cosine of the per-chunk-normalised
+  # coefficient values, sketched (jaxnet.gauntlet.copies; issue 12)
+  overlap_statistic: Literal["indices", "values"] = "indices"  # see the comment above
+  # fixed: the thresholds above; round: a pair is flagged when its distance d = 1 - stat
+  # is <= overlap_ratio x the round's median nearest-neighbour distance, or the uploads
+  # are identical: calibrated to the model and layout (jaxnet.gauntlet.copies)
+  overlap_calibration: Literal["fixed", "round"] = "fixed"  # see the comment above
+  overlap_ratio: float = 0.1             # a copy is 10x closer than peers typically are
+  copy_sample_chunks: int = 4096         # chunks the value statistic samples per round
+  copy_sketch_buckets: int = 16384       # count-sketch width (power of 2; ~1 % distance error)
+  copy_identical_share: float = 0.5      # values statistic: a pair with this share of the
+                                         # sampled chunks equal in indices and signs is
+                                         # flagged (a copy that re-randomises the rest)
+  # time: the later uploader of a flagged pair is the copier (§14); evidence: the member
+  # without own-page evidence (`evidence_alpha`) while its partner has it; a pair that the
+  # evidence cannot orient is reported and left alone (time is not evidence of authorship)
+  copy_blame: Literal["time", "evidence"] = "time"  # see the comment above
 
   # --- templar-final rules (schemes.md §5; read only when preset is templar-final)
   missing_score: float = -99.0           # a missing or invalid evaluated gradient enters the
@@ -226,6 +273,20 @@ class GauntletConfig:
                  "missing_timeout_windows"):
       value = getattr(self, name)
       require(value >= 0, f"gauntlet.{name}", f"must be >= 0, got {value}")
+    require(0.0 <= self.evidence_alpha < 0.5, "gauntlet.evidence_alpha",
+            f"must be in [0, 0.5), got {self.evidence_alpha}")
+    require(1 <= self.evidence_window <= 30, "gauntlet.evidence_window",
+            f"must be in 1..30 (a bit history), got {self.evidence_window}")
+    require(0.0 < self.overlap_ratio < 1.0, "gauntlet.overlap_ratio",
+            f"must be in (0, 1), got {self.overlap_ratio}")
+    require(0.0 < self.copy_identical_share <= 1.0, "gauntlet.copy_identical_share",
+            f"must be in (0, 1], got {self.copy_identical_share}")
+    require(self.copy_sample_chunks >= 1, "gauntlet.copy_sample_chunks", "must be >= 1")
+    b = self.copy_sketch_buckets
+    require(b >= 2 and b & (b - 1) == 0, "gauntlet.copy_sketch_buckets",
+            f"must be a power of two >= 2, got {b}")
+    require(self.copy_blame == "time" or self.evidence_alpha > 0, "gauntlet.copy_blame",
+            "evidence blame needs evidence_alpha > 0")
     require(self.candidate_stake_cap >= 0, "gauntlet.candidate_stake_cap", "must be >= 0")
     require(0.0 < self.bma_alpha <= 1.0, "gauntlet.bma_alpha",
             f"must be in (0, 1], got {self.bma_alpha}")

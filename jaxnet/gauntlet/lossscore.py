@@ -45,6 +45,8 @@ class LossScores(NamedTuple):
   rand_after: jax.Array
   r_own: jax.Array
   r_rand: jax.Array
+  foil_after: jax.Array   # loss of θ'_k on another peer's assigned batch (0 without foils)
+  r_foil: jax.Array       # relative improvement there (0 without foils)
 
 
 def eval_params(params, sub: Submission, step_size, layout: Layout, apply_sign: bool = True,
@@ -71,7 +73,8 @@ def _rel(before, after, relative: bool = True):
 def score_peers(params, subs_P: Submission, own_PxBxL: dict, rand_BxL: dict, step_size, *,
                 layout: Layout, model_cfg: ModelConfig, eval_batch: int = 1,
                 mode: str = "exact", apply_sign: bool = True, relative: bool = True,
-                mesh: jax.sharding.Mesh | None = None, context=()) -> LossScores:
+                mesh: jax.sharding.Mesh | None = None, context=(), foil_PxBxL=None,
+                foil_src=None) -> LossScores:
   """LossScore of P peers in one call (jit it; see the module docstring).
 
   Args:
@@ -82,6 +85,9 @@ def score_peers(params, subs_P: Submission, own_PxBxL: dict, rand_BxL: dict, ste
     step_size: η_t · eval_lr_factor.
     relative: r = (before − after) / before; False gives before − after.
     context: the scheme's `eval_context` (replicated), () for DeMo and DiLoCo.
+    foil_PxBxL, foil_src: None, or each peer's foil: another peer's assigned batch (the
+      proof of assigned data, issue 12; one more forward pass per peer) and the row of
+      that peer here ([P] int), whose own_before is the foil's "before" loss.
   """
   loss = lambda p, b: jmodel.loss_fn(p, b, model_cfg)
   if mode == "first_order":
@@ -91,7 +97,10 @@ def score_peers(params, subs_P: Submission, own_PxBxL: dict, rand_BxL: dict, ste
 
   scheme = schemes.of_layout(layout)
 
-  def one(params, grad_rand, context, sub, own):
+  use_foil = foil_PxBxL is not None   # static
+  foil_PxBxL = foil_PxBxL if use_foil else own_PxBxL
+
+  def one(params, grad_rand, context, sub, own, foil):
     own_before = loss(params, own)
     if mode == "first_order":
       step = scheme.eval_update(sub, context, layout, apply_sign)
@@ -100,18 +109,27 @@ def score_peers(params, subs_P: Submission, own_PxBxL: dict, rand_BxL: dict, ste
     else:
       after = eval_params(params, sub, step_size, layout, apply_sign, context)
       rand_after = loss(after, rand_BxL)
-    return own_before, loss(after, own), rand_after
+    foil_after = loss(after, foil) if use_foil else jnp.zeros((), jnp.float32)
+    return own_before, loss(after, own), rand_after, foil_after
 
-  def local(params, grad_rand, context, subs, own):
-    return lax.map(lambda xs: one(params, grad_rand, context, *xs), (subs, own),
+  def local(params, grad_rand, context, subs, own, foil):
+    return lax.map(lambda xs: one(params, grad_rand, context, *xs), (subs, own, foil),
                    batch_size=eval_batch)
 
   if mesh is not None and mesh.size > 1:
-    local = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P(), P("peer"), P("peer")),
-                          out_specs=(P("peer"), P("peer"), P("peer")), check_vma=False)
-  own_before, own_after, rand_after = local(params, grad_rand, context, subs_P, own_PxBxL)
+    local = jax.shard_map(local, mesh=mesh,
+                          in_specs=(P(), P(), P(), P("peer"), P("peer"), P("peer")),
+                          out_specs=(P("peer"),) * 4, check_vma=False)
+  own_before, own_after, rand_after, foil_after = local(params, grad_rand, context, subs_P,
+                                                        own_PxBxL, foil_PxBxL)
+  if use_foil:   # the foil's "before" loss is its owner's own_before: no extra pass
+    foil_before = own_before[foil_src]
+    r_foil = _rel(foil_before, foil_after, relative)
+  else:
+    r_foil = jnp.zeros_like(own_before)
   return LossScores(own_before, own_after, rand_before, rand_after,
-                    _rel(own_before, own_after, relative), _rel(rand_before, rand_after, relative))
+                    _rel(own_before, own_after, relative), _rel(rand_before, rand_after, relative),
+                    foil_after, r_foil)
 
 
 def score_one(params, sub: Submission, own_BxL: dict, rand_BxL: dict, step_size, *,

@@ -222,3 +222,4 @@ def apply_copy_verdict(state: ScoreState, level: jax.Array, window,
   state = reset_uids(state, reset, cfg.bma_init)
   until = jnp.asarray(window, jnp.int32) + cfg.overlap_timeout_windows
   return state._replace(timeout_until=jnp.where(level >= 3, until, state.timeout_until)), reset
+

@@ -23,6 +23,7 @@ __all__ = [
   "ScoreState", "init", "reset_uids", "slash_positive", "apply_score_floor", "slash_scores",
   "zero_positive", "indicator_and_bma", "record_evaluation", "final_score", "update_final",
   "weights", "inactivity_step", "match_players", "settle_pending", "NOT_TRACKED",
+  "evidence_table", "record_evidence", "evidence_wins", "has_evidence", "gate_final",
 ]
 
 NOT_TRACKED = -1   # inactive_since value of a uid whose inactivity is not being tracked
@@ -48,6 +49,9 @@ class ScoreState(NamedTuple):
     pending: scored in a round without a match (alone); its score waits for the next match
       (only with `carry_unmatched_scores`, §18 row 10f; the reference's score dict).
     pending_score: that waiting score (0 where not pending).
+    evidence_bits: the last `evidence_window` indicators as bits (1 = I was +1, newest in
+      bit 0); the proof of assigned data tests them (`has_evidence`).
+    evidence_n: how many indicators those bits hold (<= evidence_window).
   """
   final: jax.Array             # [N] float32
   bma: jax.Array               # [N] float32
@@ -61,6 +65,8 @@ class ScoreState(NamedTuple):
   timeout_until: jax.Array     # [N] int32
   pending: jax.Array           # [N] bool
   pending_score: jax.Array     # [N] float32
+  evidence_bits: jax.Array     # [N] int32
+  evidence_n: jax.Array        # [N] int32
 
 
 def init(n: int, bma_init: float = 0.0) -> ScoreState:
@@ -74,7 +80,8 @@ def init(n: int, bma_init: float = 0.0) -> ScoreState:
     inactive_since=jnp.full((n,), NOT_TRACKED, jnp.int32),
     ever_evaluated=jnp.zeros((n,), bool), last_eval_window=jnp.full((n,), -1, jnp.int32),
     timeout_until=jnp.full((n,), -1, jnp.int32), pending=jnp.zeros((n,), bool),
-    pending_score=zeros)
+    pending_score=zeros, evidence_bits=jnp.zeros((n,), jnp.int32),
+    evidence_n=jnp.zeros((n,), jnp.int32))
 
 
 def _pool_size(state: ScoreState) -> int:
@@ -145,15 +152,19 @@ def indicator_and_bma(bma: jax.Array, r_own: jax.Array, r_rand: jax.Array,
 
 
 def record_evaluation(state: ScoreState, window, evaluated: jax.Array, r_own: jax.Array,
-                      r_rand: jax.Array, sync: jax.Array, cfg: GauntletConfig) -> ScoreState:
+                      r_rand: jax.Array, sync: jax.Array, cfg: GauntletConfig,
+                      r_other: jax.Array | None = None) -> ScoreState:
   """Stores one round of LossScore results (§9.2 steps 6-8) for the uids in `evaluated`.
 
   Updates the indicator and BMA (§10), the gradient score r_rand and the sync score; other
   uids are untouched. F is recomputed later, by `update_final`, for the match participants.
+  `r_other` is what r_own is compared with for the indicator (default r_rand; with foils
+  the better of r_rand and r_foil, issue 12).
   """
   n = _pool_size(state)
   _check("sync", sync, n, "float")
-  ind_N, bma_N = indicator_and_bma(state.bma, r_own, r_rand, evaluated, cfg.bma_alpha)
+  ind_N, bma_N = indicator_and_bma(state.bma, r_own, r_rand if r_other is None else r_other,
+                                   evaluated, cfg.bma_alpha)
   keep = lambda new, old: jnp.where(evaluated, new, old)
   return state._replace(
     bma=bma_N, indicator=keep(ind_N, state.indicator),
@@ -252,3 +263,59 @@ def inactivity_step(state: ScoreState, window, active: jax.Array, candidate: jax
                        tracked & ~reset, cfg, scale_bma=False)
   state = reset_uids(state, reset, cfg.bma_init)
   return state._replace(waiting=refresh_waiting(state.waiting, candidate)), reset
+
+
+# ------------------------------------------------------------------ proof of assigned data
+
+def evidence_table(alpha: float, window: int, p0: float = 0.5) -> tuple[int, ...]:
+  """Critical win counts of a one-sided binomial test: c[n] for n = 0..window.
+
+  c[n] is the least k with P(Binomial(n, p0) >= k) <= alpha, or n + 1 when even n wins
+  out of n are not significant. Under the null hypothesis (the update was not computed on
+  the peer's assigned pages) the assigned pages and the m other page sets it is compared
+  with are exchangeable, so the indicator ("own pages improve most") is +1 with
+  probability at most p0 = 1 / (m + 1), independently across windows (fresh pages every
+  window): a peer is declared to have evidence with probability <= alpha per look. A
+  static table (Python ints), computed at trace time from the config.
+  """
+  import math
+  out = []
+  for n in range(window + 1):
+    tail, c = 0.0, n + 1
+    for k in range(n, -1, -1):   # grow the upper tail from k = n down while it stays <= alpha
+      tail += math.comb(n, k) * p0 ** k * (1.0 - p0) ** (n - k)
+      if tail > alpha:
+        break
+      c = k
+    out.append(c)
+  return tuple(out)
+
+
+def record_evidence(state: ScoreState, evaluated: jax.Array, indicator: jax.Array,
+                    window: int) -> ScoreState:
+  """Pushes this round's indicator (+1 -> bit 1) into the last-`window` history of each
+  evaluated uid; the others keep theirs."""
+  _check("evaluated", evaluated, _pool_size(state), "bool")
+  mask = jnp.int32((1 << window) - 1)
+  bits = ((state.evidence_bits << 1) | (indicator > 0).astype(jnp.int32)) & mask
+  n = jnp.minimum(state.evidence_n + 1, window)
+  return state._replace(evidence_bits=jnp.where(evaluated, bits, state.evidence_bits),
+                        evidence_n=jnp.where(evaluated, n, state.evidence_n))
+
+
+def evidence_wins(state: ScoreState) -> jax.Array:
+  """[N] int32: +1 indicators among the stored ones."""
+  return jax.lax.population_count(state.evidence_bits).astype(jnp.int32)
+
+
+def has_evidence(state: ScoreState, alpha: float, window: int, p0: float = 0.5) -> jax.Array:
+  """[N] bool: the binomial test rejects "not trained on its own pages" at level alpha."""
+  table = jnp.asarray(evidence_table(alpha, window, p0), jnp.int32)
+  return evidence_wins(state) >= table[jnp.clip(state.evidence_n, 0, window)]
+
+
+def gate_final(state: ScoreState, evidence: jax.Array) -> ScoreState:
+  """F <= 0 without evidence: a positive indicator is paid only once it is significant
+  (issue 12; the paper pays max(0, BMA), i.e. the positive half of a random walk)."""
+  _check("evidence", evidence, _pool_size(state), "bool")
+  return state._replace(final=jnp.where(evidence, state.final, jnp.minimum(state.final, 0.0)))

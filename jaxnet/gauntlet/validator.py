@@ -36,7 +36,7 @@ import jax.numpy as jnp
 
 from jaxnet import schemes
 from jaxnet.config import ModelConfig
-from jaxnet.gauntlet import fast, lossscore, overlap, rating, scores, select, templar
+from jaxnet.gauntlet import copies, fast, lossscore, overlap, rating, scores, select, templar
 from jaxnet.gauntlet.config import GauntletConfig
 from jaxnet.submission import Layout, Submission
 
@@ -90,7 +90,16 @@ def _score_source(ls: lossscore.LossScores, cfg: GauntletConfig):
   return ls.r_rand
 
 
-def _evaluate(params, inputs: RoundInputs, selected_N, step_size, context, *,
+def _foils(n_eval: int, m: int, pad: int, key):
+  """Row i < m of the evaluated block is also scored on row (i + s) mod m's assigned batch,
+  s uniform in [1, m): every evaluated peer gets another evaluated peer's pages as its foil
+  (issue 12). Padding rows point at themselves (their result is dropped)."""
+  s = jax.random.randint(key, (), 1, m)
+  i = jnp.arange(m + pad)
+  return jnp.where(i < m, (i + s) % m, i)
+
+
+def _evaluate(params, inputs: RoundInputs, selected_N, step_size, context, key, *,
               cfg: GauntletConfig, layout: Layout, model_cfg: ModelConfig, mesh):
   """LossScore for the selected uids; returns [N] arrays (0 outside the selection)."""
   n = selected_N.shape[0]
@@ -108,24 +117,84 @@ def _evaluate(params, inputs: RoundInputs, selected_N, step_size, context, *,
   clean = jax.tree.map(lambda x: jnp.where(keep_N.reshape((-1,) + (1,) * (x.ndim - 1)), x,
                                            jnp.zeros_like(x)), inputs.subs)
   subs_M, own_M = _take(clean, idx_M), _take(inputs.own, idx_M)
+  foil_src = _foils(n, m, pad, key) if _use_foils(cfg, m) else None
+  foil_M = _take(own_M, foil_src) if foil_src is not None else None
   if mesh is not None and mesh.size > 1:
     spec = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("peer"))
     subs_M = jax.lax.with_sharding_constraint(subs_M, spec)
     own_M = jax.lax.with_sharding_constraint(own_M, spec)
+    if foil_M is not None:
+      foil_M = jax.lax.with_sharding_constraint(foil_M, spec)
   ls = lossscore.score_peers(params, subs_M, own_M, inputs.rand, step_size, layout=layout,
                              model_cfg=model_cfg, eval_batch=cfg.eval_batch,
                              mode=cfg.score_mode, apply_sign=cfg.eval_apply_sign,
-                             relative=cfg.relative_improvement, mesh=mesh, context=context)
+                             relative=cfg.relative_improvement, mesh=mesh, context=context,
+                             foil_PxBxL=foil_M, foil_src=foil_src)
   idx_M, valid_M = idx_M[:m], jnp.arange(m) < m
 
   def scatter(v_M, fill=0.0):
     out = jnp.full((n,), fill, jnp.float32).at[idx_M].set(jnp.where(valid_M, v_M[:m], fill))
     return jnp.where(selected_N, out, fill)
 
-  out = {k: scatter(getattr(ls, k)) for k in ("own_before", "own_after", "rand_after", "r_own", "r_rand")}
+  out = {k: scatter(getattr(ls, k)) for k in ("own_before", "own_after", "rand_after", "r_own",
+                                               "r_rand", "r_foil")}
   out["score"] = scatter(_score_source(ls, cfg))
   out["rand_before"] = jnp.broadcast_to(ls.rand_before, (n,))
   return out
+
+
+def _use_foils(cfg: GauntletConfig, m: int) -> bool:
+  """Foils need a second evaluated peer (static: m is the evaluated block's size)."""
+  return cfg.indicator_foils and m >= 2
+
+
+def _null_rate(cfg: GauntletConfig, n: int) -> float:
+  """P(I = +1) for an update not computed on its own pages: 1/3 against random pages and a
+  foil, 1/2 against random pages alone (issue 12; exchangeable page sets)."""
+  m = n if cfg.uids_per_window == 0 else min(cfg.uids_per_window, n)
+  return 1.0 / 3.0 if _use_foils(cfg, m) else 0.5
+
+
+def gather_score(sc: scores.ScoreState, rt: rating.RatingState, cfg: GauntletConfig):
+  """ordinal x max(0, BMA) x sync: F before the evidence gate, which ranks the gather
+  candidates under `gather_rule: scored` (the model may use an update before its author
+  has earned pay; it may never use one whose score is not positive)."""
+  return scores.final_score(rating.ordinal(rt, cfg.rating.z).astype(jnp.float32), sc.bma,
+                            sc.sync)
+
+
+def _copy_verdict(stat_PxP, identical_PxP, compared, offset_s, evidence, cfg: GauntletConfig):
+  """(level, partner, unresolved, max statistic) per uid from the pair statistic (§14).
+
+  Fixed thresholds give templar's levels 1-3; calibrated flags (`overlap_calibration:
+  round`, `jaxnet.gauntlet.copies`) give level 3 (reset and timeout). The copier of a
+  flagged pair is the later uploader (`copy_blame: time`) or the member without own-page
+  evidence (`copy_blame: evidence`; unresolved pairs are reported, not punished).
+  """
+  n = stat_PxP.shape[0]
+  times = jnp.where(compared, offset_s, jnp.inf)
+  pair = compared[:, None] & compared[None, :] & ~jnp.eye(n, dtype=bool)
+  stat = jnp.nan_to_num(stat_PxP.astype(jnp.float32), nan=0.0)
+  max_stat = jnp.maximum(jnp.max(jnp.where(pair, stat, -1.0), axis=1), 0.0)
+  if cfg.overlap_calibration == "round":
+    d = copies.pair_distances(stat, cfg.overlap_statistic)
+    flag, _ = copies.calibrated_pairs(d, compared, cfg.overlap_ratio)
+    # a pair that shares many bit-identical chunks, either way round (values statistic)
+    same = jnp.maximum(identical_PxP, identical_PxP.T) >= cfg.copy_identical_share
+    flag = flag | (pair & same)
+    strength = jnp.where(flag, 3, 0)
+  else:   # templar's levels: high / max / mega
+    t = (cfg.overlap_threshold, cfg.overlap_max_threshold, cfg.overlap_mega_threshold)
+    strength = jnp.where(pair, sum((stat >= x).astype(jnp.int32) for x in t), 0)
+    flag = strength > 0
+  blamed, unresolved = copies.blame(flag, evidence,
+                                    times if cfg.copy_blame == "time" else None)
+  level = jnp.max(jnp.where(blamed, strength, 0), axis=1).astype(jnp.int32)
+  # the partner: the strongest blamed source (templar's `source`), else a flagged partner
+  pick = jnp.where(jnp.any(blamed, axis=1)[:, None], jnp.where(blamed, stat, -1.0),
+                   jnp.where(flag, stat, -1.0))
+  partner = jnp.where(jnp.max(pick, axis=1) >= 0, jnp.argmax(pick, axis=1), -1)
+  return level, partner.astype(jnp.int32), unresolved, max_stat
 
 
 def score_round(state: ValidatorState, inputs: RoundInputs, params, window, lr_t, key, *,
@@ -154,6 +223,12 @@ def score_round(state: ValidatorState, inputs: RoundInputs, params, window, lr_t
         state.gather, window, jnp.where(blocked, 0.0, state.weights), active & ~blocked,
         k_gather, cfg)
     in_gather = in_gather & ~blocked   # a list posted earlier loses them at once
+  elif cfg.gather_rule == "scored":   # issue 12: positive scores only, no random filler
+    key_N = gather_score(sc, rt, cfg)
+    eligible_g = active & (window >= sc.timeout_until) & (key_N > 0)
+    gather_state, in_gather = select.gather_step(
+        state.gather, window, jnp.where(eligible_g, key_N, 0.0), eligible_g, k_gather, cfg)
+    in_gather = in_gather & eligible_g   # a list posted earlier loses them at once
   else:
     gather_state, in_gather = select.gather_step(state.gather, window, state.weights, active,
                                                  k_gather, cfg)
@@ -194,13 +269,27 @@ def score_round(state: ValidatorState, inputs: RoundInputs, params, window, lr_t
     sc = scores.zero_positive(sc, malformed_eval)
   # the scheme's view of the gathered peers (SparseLoCo: their median value norms, §4)
   context = scheme.eval_context(inputs.subs, in_gather & usable, layout)
+  # fold_in, not a third split: the paper path keeps its random numbers
   ev = _evaluate(params, inputs, selected & usable, lr_t * cfg.eval_lr_factor, context,
-                 cfg=cfg, layout=layout, model_cfg=model_cfg, mesh=mesh)
-  finite = jnp.isfinite(ev["r_own"]) & jnp.isfinite(ev["score"])
+                 jax.random.fold_in(key, 0xF011), cfg=cfg, layout=layout,
+                 model_cfg=model_cfg, mesh=mesh)
+  finite = (jnp.isfinite(ev["r_own"]) & jnp.isfinite(ev["score"]) & jnp.isfinite(ev["r_rand"])
+            & jnp.isfinite(ev["r_foil"]))
   scored = selected & usable & finite
+  # issue 12: a non-finite LossScore is the peer's doing (its update broke the model): the
+  # malformed penalty, never a silent skip
+  nonfinite_eval = selected & usable & ~finite
+  # the indicator's comparison: the random pages, or the better of them and the foil
+  other = jnp.maximum(ev["r_rand"], ev["r_foil"]) if cfg.indicator_foils else ev["r_rand"]
   sc = scores.record_evaluation(sc, window, scored, jnp.where(finite, ev["r_own"], 0.0),
-                                jnp.where(finite, ev["r_rand"], 0.0), sync_N, cfg)
-  sc = sc._replace(ever_evaluated=sc.ever_evaluated | missing_eval | malformed_eval)
+                                jnp.where(finite, ev["r_rand"], 0.0), sync_N, cfg,
+                                r_other=jnp.where(finite, other, 0.0))
+  if cfg.evidence_alpha > 0:
+    sc = scores.record_evidence(sc, scored, sc.indicator, cfg.evidence_window)
+  if not tf:
+    sc = scores.zero_positive(sc, nonfinite_eval)
+  sc = sc._replace(ever_evaluated=sc.ever_evaluated | missing_eval | malformed_eval
+                   | nonfinite_eval)
 
   # 6. rating: one match ranked by the score (§11), F for the participants (§11.4)
   players, match_score = scores.match_players(sc, scored, ev["score"], cfg.carry_unmatched_scores)
@@ -223,6 +312,11 @@ def score_round(state: ValidatorState, inputs: RoundInputs, params, window, lr_t
     sc = sc._replace(final=jnp.where(in_match, new_final, sc.final))
   else:
     sc = scores.update_final(sc, stat, in_match)
+  evidence = jnp.ones((n,), bool)
+  if cfg.evidence_alpha > 0:   # issue 12: paid only once the test says "own pages"
+    evidence = scores.has_evidence(sc, cfg.evidence_alpha, cfg.evidence_window,
+                                   _null_rate(cfg, n))
+    sc = scores.gate_final(sc, evidence)
 
   # 6b. templar-final penalties on this round's F (schemes.md §5)
   if tf:
@@ -247,20 +341,29 @@ def score_round(state: ValidatorState, inputs: RoundInputs, params, window, lr_t
   copy_level = jnp.zeros((n,), jnp.int32)
   max_overlap = jnp.zeros((n,), jnp.float32)
   reset_copy = jnp.zeros((n,), bool)
+  copy_partner = jnp.full((n,), -1, jnp.int32)
+  copy_unresolved = jnp.zeros((n,), bool)
   if cfg.overlap_detection:
-    chunk_lens = {t.name: t.chunk_len for t in layout.tensors}
-    idx_N = jax.vmap(lambda s: scheme.indices(s, layout))(inputs.subs)
-    ov = overlap.index_overlap(idx_N, chunk_lens, cfg.overlap_size_weight)
     compared = usable & in_gather if cfg.overlap_scope == "gathered" else usable
-    verdict = overlap.copy_slash(ov, jnp.where(compared, inputs.offset_s, jnp.inf), compared,
-                                 (cfg.overlap_threshold, cfg.overlap_max_threshold,
-                                  cfg.overlap_mega_threshold))
-    level = verdict.level
+    if cfg.overlap_statistic == "values":   # sketched value cosines (issue 12)
+      sk, codes = copies.sketches(inputs.subs, scheme, layout,
+                                  jax.random.fold_in(key, 0xC0B1), cfg.copy_sample_chunks,
+                                  cfg.copy_sketch_buckets)
+      stat, nonzero = copies.cosines(sk)
+      identical = copies.identical_shares(codes)
+      compared = compared & nonzero   # a zero upload has no direction to copy
+    else:
+      chunk_lens = {t.name: t.chunk_len for t in layout.tensors}
+      idx_N = jax.vmap(lambda s: scheme.indices(s, layout))(inputs.subs)
+      stat = overlap.index_overlap(idx_N, chunk_lens, cfg.overlap_size_weight)
+      identical = jnp.zeros_like(stat)
+    level, copy_partner, copy_unresolved, max_overlap = _copy_verdict(
+        stat, identical, compared, inputs.offset_s, evidence, cfg)
     if cfg.overlap_warmup_windows > 0:   # "skipped in the first 20 steps"
       level = jnp.where(window >= cfg.overlap_warmup_windows, level, 0)
     sc, reset_copy = overlap.apply_copy_verdict(sc, level, window, cfg)
     rt = rating.reset(rt, reset_copy, cfg.rating)
-    copy_level, max_overlap = level, verdict.max_overlap
+    copy_level = level
 
   # 8. weights (§12; templar-final: burn + top/reserve ramps)
   if tf:
@@ -284,7 +387,11 @@ def score_round(state: ValidatorState, inputs: RoundInputs, params, window, lr_t
       "final": sc.final, "weight": w,
       "slash_inactive_reset": reset_inactive, "slash_gather_skipped": gather_skipped,
       "slash_desync": desync, "slash_eval_missing": missing_eval,
-      "slash_malformed": malformed_eval, "copy_level": copy_level, "max_overlap": max_overlap,
+      "slash_malformed": malformed_eval, "slash_nonfinite": nonfinite_eval,
+      "copy_level": copy_level, "max_overlap": max_overlap, "copy_partner": copy_partner,
+      "copy_unresolved": copy_unresolved, "timeout": window < sc.timeout_until,
+      "timeout_until": sc.timeout_until, "r_foil": ev["r_foil"], "evidence": evidence,
+      "evidence_wins": scores.evidence_wins(sc), "evidence_n": sc.evidence_n,
       "eval_bin": jnp.broadcast_to(sel_metrics["bin"], (n,)),
       "gather_success": jnp.broadcast_to(gather_success, (n,)),
   }
@@ -299,7 +406,6 @@ def score_round(state: ValidatorState, inputs: RoundInputs, params, window, lr_t
         "negative": scored & (ev["score"] < 0), "neg_streak": ts.negative_streak,
         "neg_count": jnp.sum(ts.negative_hist, axis=1, dtype=jnp.int32),
         "neg_skip": jnp.broadcast_to(neg_skip, (n,)), "excluded": ts.excluded,
-        "timeout": window < sc.timeout_until, "timeout_until": sc.timeout_until,
         "evaluated_windows": ts.evaluated_windows, "weight_group": w_info["group"],
         "burn": jnp.broadcast_to(w_info["burn"], (n,)),
     })

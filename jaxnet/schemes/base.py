@@ -100,6 +100,16 @@ class Scheme:
     raise NotImplementedError
 
   @classmethod
+  def coefficients(cls, sub: Submission, layout: Layout) -> dict:
+    """{tensor name: (idx int32, values float32), both [*batch, n_chunks, k]}: the chunk
+    coefficients a peer sent, which the copy detector's value statistic compares (issue
+    12). Defaults to `indices` with the decoded chunk entries at those positions."""
+    idx = cls.indices(sub, layout)
+    dense = layout.treedef.flatten_up_to(cls.decode(sub, layout))
+    return {t.name: (idx[t.name], jnp.take_along_axis(lay.to_chunks(d, t), idx[t.name], axis=-1))
+            for t, d in zip(layout.tensors, dense)}
+
+  @classmethod
   def eval_context(cls, subs_N: Submission, gathered_N, layout: Layout) -> Any:
     """What `eval_update` needs from the round's gathered peers (schemes.md §4); none here."""
     return ()

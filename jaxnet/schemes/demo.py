@@ -395,6 +395,12 @@ class DemoScheme(base.Scheme):
     return {t.name: sub.idx[t.name].astype(jnp.int32) for t in layout.tensors}
 
   @classmethod
+  def coefficients(cls, sub, layout):
+    """The DCT coefficients as sent: indices and dequantised values (before the scatter-mean)."""
+    return {t.name: (sub.idx[t.name].astype(jnp.int32), dequantize_values(sub, t))
+            for t in layout.tensors}
+
+  @classmethod
   def eval_update(cls, sub, context, layout, apply_sign=True):
     """sign(decode(sub)) (gauntlet.md §9.2 step 4); the raw decode with apply_sign off."""
     d = decode_one(sub, layout)

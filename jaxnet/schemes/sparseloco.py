@@ -407,6 +407,10 @@ class SparseLoCoScheme(inner.LocalSGDScheme):
     return {t.name: decode_values(payload_of(sub), t)[0] for t in layout.tensors}
 
   @classmethod
+  def coefficients(cls, sub, layout):
+    return {t.name: decode_values(payload_of(sub), t) for t in layout.tensors}
+
+  @classmethod
   def eval_context(cls, subs_N, gathered_N, layout):
     """Per-tensor clip norms: the median value norm of the gathered peers (schemes.md §4)."""
     return clip_norms(payload_of(subs_N), gathered_N, layout)
