@@ -16,7 +16,8 @@ RESULTS = ROOT / "results"
 # operator computes once for its whole group.
 COMPUTE = {"honest": 1.0, "wrong_data": 1.0, "desync": 1.0, "late": 1.0, "early": 1.0,
            "degraded": 1.0, "replay": 1.0, "copier": 0.0, "noise": 0.0, "zeros": 0.0,
-           "free_rider": 0.0, "malformed": 0.0}
+           "free_rider": 0.0, "malformed": 0.0, "copier_first": 0.0, "partial_copier": 0.0,
+           "stale_copier": 0.0, "scaled_copier": 0.0}
 
 
 def out_paths(name: str) -> tuple[Path, Path]:

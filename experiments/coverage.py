@@ -1,6 +1,7 @@
 """Coverage: evaluating every peer every round against the reference's 4 per round.
 
-  python experiments/coverage.py [--config configs/sim-small.yaml] [--rounds 40] [overrides]
+  python experiments/coverage.py [--config configs/sim-small.yaml] [--rounds 40]
+                                 [--seeds 0 1 2 3 4] [overrides]
 
 Two runs of the same network (same peers, data and seeds): jaxnet's default
 (`gauntlet.uids_per_window = 0`: every candidate, every round) and templar's sampling
@@ -8,6 +9,7 @@ Two runs of the same network (same peers, data and seeds): jaxnet's default
 the round from which every adversary stays at F <= 0, and how well the honest peers'
 final ordinals rank their true contribution (honest peers plus `degraded` peers that
 replace a graded fraction of their chunks with noise; Spearman correlation with 1 - fraction).
+Every figure is given per seed (sim, init and page seeds together) and as mean and spread.
 Writes results/coverage.{json,png}.
 """
 from __future__ import annotations
@@ -17,21 +19,22 @@ import argparse
 import numpy as np
 from scipy.stats import spearmanr
 
-from _common import ROOT, fresh_run_dir, first_round_all_zero, out_paths, run_sim, write_json
+from _common import ROOT, fresh_run_dir, first_round_all_zero, out_paths, run_sim, spread, write_json
 from jaxnet.config import load_config
 
 PEERS = '["honest:6", "degraded:4", "noise:1", "copier:1", "desync:1", "wrong_data:1", ' \
         '"free_rider:1", "malformed:1", "zeros:1", "replay:1", "late:1"]'
 
 
-def one(args, overrides, uids_per_window: int, tag: str):
-  extra = ["--train.out_dir", fresh_run_dir(f"coverage-{tag}"), "--checkpoint.resume", "never",
-           "--sim.peers", PEERS, "--gauntlet.uids_per_window", str(uids_per_window),
-           "--sim.ledger_every", "0"]
+def one(args, overrides, uids_per_window: int, tag: str, seed: int):
+  s = str(seed)
+  extra = ["--train.out_dir", fresh_run_dir(f"coverage-{tag}-{seed}"), "--checkpoint.resume",
+           "never", "--sim.peers", PEERS, "--gauntlet.uids_per_window", str(uids_per_window),
+           "--sim.ledger_every", "0", "--sim.seed", s, "--train.seed", s, "--data.seed", s]
   if args.rounds:
     extra += ["--sim.rounds", str(args.rounds)]
   cfg = load_config(args.config, extra + overrides)
-  res = run_sim(cfg, f"uids_per_window={uids_per_window}")
+  res = run_sim(cfg, f"uids_per_window={uids_per_window} seed {seed}")
   beh = np.array(res["network"].behaviours)
   hist = res["history"]
   finals = np.array([r["report"]["final"] for r in hist])
@@ -43,7 +46,8 @@ def one(args, overrides, uids_per_window: int, tag: str):
   evals = np.array([r["report"]["scored"] for r in hist]).sum(0)
   per_uid = {f"{u}:{beh[u]}": first_round_all_zero(finals, np.arange(len(beh)) == u)
              for u in np.flatnonzero(adversary)}
-  return {"uids_per_window": uids_per_window, "seconds": res["seconds"], "rounds": len(hist),
+  return {"uids_per_window": uids_per_window, "seed": seed, "seconds": res["seconds"],
+          "rounds": len(hist),
           "round_all_adversaries_zero": first_round_all_zero(finals, adversary),
           "round_zero_per_adversary": per_uid,
           "round_all_but_wrong_data_zero": first_round_all_zero(finals, adversary & (beh != "wrong_data")),
@@ -54,31 +58,52 @@ def one(args, overrides, uids_per_window: int, tag: str):
           "finals_by_round": finals.tolist(), "ordinal_final": ordinal.tolist()}
 
 
+def summary(runs: list[dict]) -> dict:
+  """Mean and spread over seeds; a round that never came counts as the run's length."""
+  never = lambda r, v: r["rounds"] if v is None else v
+  adv = sorted({k.split(":", 1)[1] for r in runs for k in r["round_zero_per_adversary"]})
+  per = {b: spread([never(r, v) for r in runs for k, v in r["round_zero_per_adversary"].items()
+                    if k.split(":", 1)[1] == b]) for b in adv}
+  return {"round_all_adversaries_zero": spread([never(r, r["round_all_adversaries_zero"])
+                                                for r in runs]),
+          "round_zero_per_behaviour": per,
+          "spearman_ordinal_vs_truth": spread([r["spearman_ordinal_vs_truth"] for r in runs]),
+          "spearman_weight_vs_truth": spread([r["spearman_weight_vs_truth"] for r in runs]),
+          "adversary_weight_final": spread([r["adversary_weight_final"] for r in runs]),
+          "evaluations_per_uid": spread([np.mean(r["evaluations_per_uid"]) for r in runs])}
+
+
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__)
   ap.add_argument("--config", default=str(ROOT / "configs" / "sim-small.yaml"))
   ap.add_argument("--rounds", type=int, default=40)
+  ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
   args, overrides = ap.parse_known_args(argv)
-  every = one(args, overrides, 0, "every")
-  sampled = one(args, overrides, 4, "sampled4")
-  out = {"every_peer": every, "reference_4_per_round": sampled}
+  every = [one(args, overrides, 0, "every", s) for s in args.seeds]
+  sampled = [one(args, overrides, 4, "sampled4", s) for s in args.seeds]
+  out = {"seeds": args.seeds, "overrides": overrides,
+         "every_peer": summary(every), "reference_4_per_round": summary(sampled),
+         "runs": {"every_peer": every, "reference_4_per_round": sampled}}
   json_path, png_path = out_paths("coverage")
   write_json(json_path, out)
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-  for res, style in ((every, "-"), (sampled, "--")):
-    beh = np.array(res["behaviours"])
-    finals = np.array(res["finals_by_round"])
-    adv = ~np.isin(beh, ["honest", "degraded"])
-    axes[0].plot(np.arange(1, len(finals) + 1), np.maximum(finals[:, adv], 0).sum(1), style,
-                 label=f"uids_per_window={res['uids_per_window']}")
-    graded = np.isin(beh, ["honest", "degraded"])
-    axes[1].plot(np.arange(graded.sum()), np.array(res["ordinal_final"])[graded], style + "o",
-                 label=f"uids_per_window={res['uids_per_window']}")
+  for runs, style, colour in ((every, "-", "tab:blue"), (sampled, "--", "tab:orange")):
+    for i, res in enumerate(runs):
+      beh = np.array(res["behaviours"])
+      finals = np.array(res["finals_by_round"])
+      adv = ~np.isin(beh, ["honest", "degraded"])
+      label = f"uids_per_window={res['uids_per_window']}" if i == 0 else None
+      axes[0].plot(np.arange(1, len(finals) + 1), np.maximum(finals[:, adv], 0).sum(1), style,
+                   color=colour, alpha=0.7, label=label)
+      graded = np.isin(beh, ["honest", "degraded"])
+      axes[1].plot(np.arange(graded.sum()), np.array(res["ordinal_final"])[graded], style + "o",
+                   color=colour, alpha=0.5, label=label)
   axes[0].set_xlabel("round")
   axes[0].set_ylabel("sum of adversaries' positive F")
+  axes[0].set_title(f"seeds {args.seeds}", fontsize=9)
   axes[0].legend()
   axes[1].set_xlabel("honest ... increasingly degraded peers")
   axes[1].set_ylabel("final ordinal")
@@ -86,12 +111,11 @@ def main(argv=None):
   fig.tight_layout()
   fig.savefig(png_path, dpi=110)
   print(f"wrote {png_path}")
-  for name, r in out.items():
-    print(f"{name}: all adversaries at F<=0 from round {r['round_all_adversaries_zero']} "
-          f"(all but wrong_data from round {r['round_all_but_wrong_data_zero']}), "
-          f"per adversary {r['round_zero_per_adversary']}, "
-          f"Spearman(ordinal, truth) {r['spearman_ordinal_vs_truth']:.3f}, "
-          f"evaluations per uid {np.mean(r['evaluations_per_uid']):.1f}")
+  for name in ("every_peer", "reference_4_per_round"):
+    r = out[name]
+    print(f"{name}: all adversaries at F<=0 from round {r['round_all_adversaries_zero']}, "
+          f"Spearman(ordinal, truth) {r['spearman_ordinal_vs_truth']}, "
+          f"per behaviour {({b: v['max'] for b, v in r['round_zero_per_behaviour'].items()})}")
   return out
 
 

@@ -1,20 +1,23 @@
 """Fair shares among equals: how evenly identical honest peers are paid over a run (issue 12).
 
   python experiments/fairness.py [--config configs/sim-small.yaml] [--rounds 40]
-                                 [--seeds 0 1 2 3 4] [--variants NAME ...] [overrides]
+                                 [--seeds 0 1 2 3 4] [--variants NAME ...] [--name fairness]
+                                 [overrides]
 
 An all-honest network (`--peers`, default 10 identical honest peers) runs under each
 variant of the validator; the measure is the coefficient of variation (std / mean) of the
 cumulative weight of the honest peers over the run, and the range min/mean .. max/mean.
 No deployed system measures this: with identical work, any spread is the mechanism's
-noise. The variants change one design choice at a time from the config's validator:
-  * `config`: the validator as configured (sim-small: the hardened preset);
-  * `p=1`: linear weights instead of F^2.2 (§12);
-  * `mu`: the rating's mean instead of the conservative ordinal mu - 3 sigma (§11.4);
-  * `p=1,mu`: both;
+noise. The variants change one design choice at a time from the config's validator
+(sim-small: the hardened preset, which pays F = mu x BMA+ x sync with linear weights once
+the own-page evidence is significant):
+  * `config`: the validator as configured;
+  * `p=2.2`: the paper's power normalisation F^2.2 (§12);
+  * `ordinal`: the paper's conservative ordinal mu - 3 sigma instead of mu (§11.4);
+  * `ordinal,p=2.2`: both, i.e. the paper's payout behind the evidence gate;
   * `beta=25`: a rating that assumes more performance noise (smaller moves per match);
   * `4/round`: templar's sampling of 4 peers per round instead of every peer (§8);
-  * `paper`: the paper's rules (no evidence gate, reference gather and copy rules).
+  * `paper`: the paper's rules (no evidence gate, reference gather, no copy detection).
 Writes results/fairness.{json,png}; the README quotes the mean and spread over seeds.
 """
 from __future__ import annotations
@@ -28,9 +31,9 @@ from jaxnet.config import load_config
 
 VARIANTS = {
   "config": [],
-  "p=1": ["--gauntlet.power", "1.0"],
-  "mu": ["--gauntlet.score_statistic", "mu"],
-  "p=1,mu": ["--gauntlet.power", "1.0", "--gauntlet.score_statistic", "mu"],
+  "p=2.2": ["--gauntlet.power", "2.2"],
+  "ordinal": ["--gauntlet.score_statistic", "ordinal"],
+  "ordinal,p=2.2": ["--gauntlet.score_statistic", "ordinal", "--gauntlet.power", "2.2"],
   "beta=25": ["--gauntlet.rating.beta", "25.0"],
   "4/round": ["--gauntlet.uids_per_window", "4"],
   "paper": ["--gauntlet.preset", "paper", "--gauntlet.overlap_detection", "false"],
@@ -59,6 +62,7 @@ def main(argv=None):
   ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
   ap.add_argument("--peers", default='["honest:10"]')
   ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+  ap.add_argument("--name", default="fairness", help="results/<name>.{json,png}")
   args, overrides = ap.parse_known_args(argv)
   out = {"rounds": args.rounds, "seeds": args.seeds, "peers": args.peers,
          "overrides": overrides, "variants": {}}
@@ -82,7 +86,7 @@ def main(argv=None):
     v = out["variants"][name]
     print(f"{name}: CV {v['cv']['mean']:.3f} (min {v['cv']['min']:.3f}, max {v['cv']['max']:.3f})"
           f", range {v['min_over_mean']['mean']:.2f}x..{v['max_over_mean']['mean']:.2f}x")
-  json_path, png_path = out_paths("fairness")
+  json_path, png_path = out_paths(args.name)
   write_json(json_path, out)
   plot(out, png_path)
   return out

@@ -41,7 +41,18 @@ def analyse(hist: list[dict], beh: list[str], cfg) -> dict:
     roi[c] = float("inf") if spent == 0 and got > 0 else (0.0 if got == 0 else float(got / spent / honest_roi))
   final = {c: float(share[c][-1]) for c in classes}
   adversaries = [c for c in classes if c != "honest"]
+  # a sybil operator computes once and uploads it under several uids: its first uid is a
+  # genuine computation (paid like an honest peer, since it is one); the others are copies
+  from jaxnet.sim.adversaries import operator_of
+  group = cfg.sim.sybil_uids_per_operator
+  operators = np.array([b == "sybil" and operator_of(u, beh, group) == u
+                        for u, b in enumerate(beh)])
+  copies = np.array([b == "sybil" for b in beh]) & ~operators
   return {"rounds": len(hist), "final_share": final,
+          "sybil_copies_final_share": float(W[-1, copies].sum()),
+          "honest_and_sybil_operators_final_share": float(W[-1, honest | operators].sum()),
+          "honest_cv_cumulative": float(earned[honest].std() / earned[honest].mean())
+          if earned[honest].mean() > 0 else None,
           "share_by_round": {c: share[c].tolist() for c in classes},
           "roi_vs_honest": roi,
           "cumulative_weight": {c: float(earned[np.array([b == c for b in beh])].sum()) for c in classes},
@@ -55,22 +66,25 @@ def main(argv=None):
   ap.add_argument("--config", default=str(ROOT / "configs" / "sim-small.yaml"))
   ap.add_argument("--rounds", type=int, default=None)
   ap.add_argument("--seeds", type=int, nargs="+", default=[0])
-  ap.add_argument("--from-run", default=None, help="re-analyse a finished run directory")
+  ap.add_argument("--from-run", nargs="+", default=None,
+                  help="re-analyse finished run directories (one per seed, in --seeds order)")
   args, overrides = ap.parse_known_args(argv)
   name = "incentives"
   runs = []
-  for seed in ([None] if args.from_run else args.seeds):
+  if args.from_run and len(args.from_run) != len(args.seeds):
+    ap.error(f"--from-run needs one directory per seed ({len(args.seeds)})")
+  for i, seed in enumerate(args.seeds):
     extra = ["--checkpoint.resume", "never"]
     if args.rounds:
       extra += ["--sim.rounds", str(args.rounds)]
-    if seed is not None and len(args.seeds) > 1:
+    if len(args.seeds) > 1:
       extra += ["--sim.seed", str(seed), "--train.seed", str(seed), "--data.seed", str(seed)]
     cfg = load_config(args.config, extra + overrides)
     name = "incentives" if cfg.scheme == "demo" else f"incentives-{cfg.scheme}"
     if args.from_run:
       from jaxnet.report import load_metrics
-      hist = load_metrics(Path(args.from_run))
-      beh = json.loads((Path(args.from_run) / "behaviours.json").read_text())
+      hist = load_metrics(Path(args.from_run[i]))
+      beh = json.loads((Path(args.from_run[i]) / "behaviours.json").read_text())
       seconds = None
     else:
       out_dir = fresh_run_dir(f"{name}-{seed}" if len(args.seeds) > 1 else name)
@@ -84,6 +98,11 @@ def main(argv=None):
       "final_share": {c: spread([r["final_share"][c] for r in runs]) for c in classes},
       "roi_vs_honest": {c: spread([r["roi_vs_honest"][c] for r in runs]) for c in classes},
       "target_honest_gt_95_all_seeds": all(r["target_honest_gt_95"] for r in runs),
+      "sybil_copies_final_share": spread([r["sybil_copies_final_share"] for r in runs]),
+      "honest_and_sybil_operators_final_share": spread(
+          [r["honest_and_sybil_operators_final_share"] for r in runs]),
+      "honest_cv_cumulative": spread([r["honest_cv_cumulative"] for r in runs
+                                      if r["honest_cv_cumulative"] is not None]),
       "target_each_adversary_lt_1_all_seeds": all(r["target_each_adversary_lt_1"] for r in runs),
       "runs": runs}
   out.update(scheme=cfg.scheme, overrides=overrides)

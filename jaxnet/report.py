@@ -20,12 +20,13 @@ class ReportError(ValueError):
 # (report key, header, width, number format)
 COLUMNS = [("uid", "uid", 4, "d"), ("status", "status", 12, ""), ("evaluated", "eval", 4, ""),
            ("r_own", "r_own", 10, ".2e"), ("r_rand", "r_rand", 10, ".2e"),
-           ("indicator", "ind", 4, ".0f"), ("bma", "bma", 7, ".3f"), ("sync", "sync", 6, ".3f"),
+           ("indicator", "ind", 4, ".0f"), ("bma", "bma", 7, ".3f"),
+           ("evidence", "evid", 6, ""), ("sync", "sync", 6, ".3f"),
            ("ordinal", "ordinal", 8, ".3f"), ("final", "F", 8, ".3f"),
            ("weight", "weight", 7, ".4f"), ("slashes", "slashes", 0, "")]
 SLASHES = {"slash_gather_skipped": "gather-skip", "slash_desync": "desync",
            "slash_eval_missing": "missing/late", "slash_malformed": "malformed",
-           "slash_inactive_reset": "inactive-reset"}
+           "slash_inactive_reset": "inactive-reset", "slash_nonfinite": "nonfinite-loss"}
 
 
 def load_metrics(run_dir: Path) -> list[dict]:
@@ -43,11 +44,19 @@ def table(report: dict, behaviours: list[str] | None = None) -> str:
     lines[0] += "  behaviour (simulation label, unseen by the validator)"
   for u in range(len(report["uid"])):
     reason = report["reason"][u] if report.get("reason") else ""
-    slashes = [v for k, v in SLASHES.items() if report[k][u]]
+    slashes = [v for k, v in SLASHES.items() if k in report and report[k][u]]
     if report.get("copy_level") and report["copy_level"][u]:
-      slashes.append(f"copy-level-{report['copy_level'][u]}")
+      partner = report.get("copy_partner", [-1] * (u + 1))[u]
+      slashes.append(f"copy-level-{report['copy_level'][u]}"
+                     + (f"-of-{partner}" if partner >= 0 else ""))
+    elif report.get("copy_unresolved") and report["copy_unresolved"][u]:
+      slashes.append("copy-pair-unresolved")
+    # own-page evidence: +1 indicators / indicators kept, * once the test says "paid"
+    evid = (f"{report['evidence_wins'][u]}/{report['evidence_n'][u]}"
+            + ("*" if report["evidence"][u] else "")) if "evidence" in report else "-"
     row = {**{k: report[k][u] for k, _, _, f in COLUMNS if f}, "status": reason or "ok",
-           "evaluated": "yes" if report["scored"][u] else "no", "slashes": ",".join(slashes) or "-"}
+           "evaluated": "yes" if report["scored"][u] else "no", "evidence": evid,
+           "slashes": ",".join(slashes) or "-"}
     line = " ".join(format(row[k], f"{'>' if f else '<'}{w}{f}") for k, _, w, f in COLUMNS)
     lines.append(line + (f"  {behaviours[u]}" if behaviours else ""))
   return "\n".join(lines)

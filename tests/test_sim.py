@@ -57,11 +57,18 @@ def test_honest_peers_hold_the_weight(main_run):
   assert w[_by(main_run, "honest")].sum() > 0.95
 
 
-@pytest.mark.parametrize("behaviour", ["noise", "desync", "free_rider", "malformed"])
-def test_garbage_and_desync_end_with_no_positive_score(main_run, behaviour):
+@pytest.mark.parametrize("behaviour", ["noise", "free_rider", "malformed"])
+def test_garbage_ends_with_no_positive_score(main_run, behaviour):
   sel = _by(main_run, behaviour)
   assert (_final(main_run, "final")[sel] <= 0).all()
   assert (_final(main_run, "weight")[sel] == 0).all()
+
+
+def test_desync_ends_with_next_to_no_weight(main_run):
+  """A desynced peer trains on its own pages (it has evidence); F = mu x BMA x sync with
+  a sync score that falls towards 0 as its model drifts: measured < 1e-5 at round 40."""
+  sel = _by(main_run, "desync")
+  assert (_final(main_run, "weight")[sel] < 1e-3).all()
 
 
 def test_desync_is_detected_by_the_sync_score(main_run):
@@ -74,22 +81,61 @@ def _last(result, key, n=10):
   return np.array([r["report"][key] for r in result["history"][-n:]], dtype=float)
 
 
-def test_copier_earns_nothing(main_run):
-  # the exact copy is caught by the index-overlap detector (overlap 1.0) every round
-  copier = _by(main_run, "copier")
-  assert (_last(main_run, "weight")[:, copier] == 0).all()
-  assert (_final(main_run, "max_overlap")[copier] > 0.99).all()
+COPIERS = ("copier", "copier_first", "partial_copier", "stale_copier", "scaled_copier")
+NO_OWN_WORK = COPIERS + ("wrong_data", "noise", "free_rider", "malformed")
 
 
-def test_wrong_data_peer_earns_far_less_than_an_honest_peer(main_run):
-  """Its own-vs-random indicator is a coin flip, so its BMA is a zero-mean walk whose positive
-  half is paid (catching it outright is the validator-hardening issue). Measured over the
-  last 10 of 40 rounds, seeds 0-2: 0.013-0.064 of an honest peer's mean weight (the issue
-  that filed this saw up to ~0.11 on other stacks); the bound 0.25 keeps a 2x margin."""
-  w = _last(main_run, "weight")
-  wrong = w[:, _by(main_run, "wrong_data")].sum(axis=1).mean()
-  honest = w[:, _by(main_run, "honest")].mean()
-  assert wrong < 0.25 * honest, (wrong, honest)
+def _hardening_properties(result):
+  """Issue 12's targets that hold on every seed (sim-tiny, 40 rounds, every attack class).
+
+  * honest peers hold >= 97 % of the final weight;
+  * nobody that did not train on its own pages is ever paid: copiers of every kind, the
+    wrong-data peer, noise, free riders, malformed uploads: F <= 0 and weight 0 in every
+    round (the binomial test at 0.05 % per look, with 5 such uids, 40 looks each);
+  * no honest uid is ever copy-flagged, and every copier that shares the victim's work in
+    the same round (copier, copier_first, partial_copier, scaled_copier) is flagged and
+    timed out by the end, whatever upload time it claimed;
+  * the gather list never holds a timed-out uid, a free rider or a malformed upload (the
+    reference filled free slots with random zero-weight uids), and nobody without
+    own-page evidence once enough uids have it.
+  """
+  hist = result["history"]
+  rep = lambda k: np.array([r["report"][k] for r in hist])
+  W, F, level = rep("weight"), rep("final"), rep("copy_level")
+  honest = _by(result, "honest")
+  assert W[-1][honest].sum() >= 0.97, W[-1][honest].sum()
+  for b in NO_OWN_WORK:
+    sel = _by(result, b)
+    assert (W[:, sel] == 0).all() and (F[:, sel] <= 0).all(), b
+  assert not (level[:, honest] > 0).any()
+  for b in ("copier", "copier_first", "partial_copier", "scaled_copier"):
+    sel = _by(result, b)
+    assert (level[:, sel] > 0).any(axis=0).all() and rep("timeout")[-1, sel].all(), b
+    assert all(r in ("copy", "timeout") for r in rep("reason")[-1, sel]), b
+  gathered = rep("in_gather")
+  assert not (gathered & rep("timeout")).any()
+  # no filler: uploads that make the model worse, or none at all, are never gathered;
+  # once minimum_peers uids have own-page evidence, nobody without it is
+  for b in ("free_rider", "malformed"):
+    assert not gathered[:, _by(result, b)].any(), b
+  proven = rep("evidence")
+  minimum = result["network"].cfg.gauntlet.minimum_peers
+  for r in range(1, len(hist)):
+    if proven[r - 1].sum() >= minimum + 1:   # + 1: one proven uid may be timed out
+      assert not (gathered[r] & ~proven[r - 1]).any(), r
+
+
+def test_issue12_hardening_properties(main_run):
+  _hardening_properties(main_run)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_issue12_hardening_properties_on_more_seeds(tmp_path_factory, seed):
+  """The same properties on seeds 1-4 (sim, init and page seeds); about 80 s each."""
+  s = str(seed)
+  _hardening_properties(_run(tmp_path_factory, f"seed{seed}", [
+      "--sim.rounds", "40", "--sim.seed", s, "--train.seed", s, "--data.seed", s]))
 
 
 def test_malformed_and_missing_are_penalised_with_reasons(main_run):

@@ -61,6 +61,13 @@ PRESETS: dict[str, dict] = {
     "overlap_statistic": "values",   # sketched cosine of the coefficient values
     "overlap_calibration": "round",  # thresholds from the round's own pair distances
     "copy_blame": "evidence",        # the member without own-page evidence is the copier
+    # fair shares among equals (experiments/fairness.py): the conservative ordinal and
+    # F^2.2 turn the rating noise of identical peers into a lottery
+    "score_statistic": "mu",
+    "power": 1.0,
+    # linear weights pay a weak peer more than F^2.2 would: the sync score reaches 0 at
+    # 2 steps behind, (1 - min(x, 2)/2)^2.5 (§7.2: 5 in the paper, 3 in templar-final)
+    "sync_saturation": 2.0,
   },
 }
 
@@ -131,8 +138,10 @@ class GauntletConfig:
   evidence_window: int = 20              # indicators the test looks at (<= 30)
   gather_rule: Literal["reference", "scored"] = "reference"  # §13 reference: top-G by
                                          # weight, zero-weight uids fill free slots at random;
-                                         # scored: only uids with a positive score (ordinal x
-                                         # BMA+ x sync), never timed out; fewer than G is fine
+                                         # scored: only uids with a positive score (ordinal
+                                         # x BMA+ x sync), never timed out, and once
+                                         # minimum_peers uids have own-page evidence only
+                                         # those; fewer than G is fine
 
   # --- sync score (§7.2)
   sync_saturation: float = 5.0           # x is capped at 5 steps behind
@@ -205,9 +214,10 @@ class GauntletConfig:
   overlap_ratio: float = 0.1             # a copy is 10x closer than peers typically are
   copy_sample_chunks: int = 4096         # chunks the value statistic samples per round
   copy_sketch_buckets: int = 16384       # count-sketch width (power of 2; ~1 % distance error)
-  copy_identical_share: float = 0.5      # values statistic: a pair with this share of the
-                                         # sampled chunks equal in indices and signs is
-                                         # flagged (a copy that re-randomises the rest)
+  copy_share_ratio: float = 0.3          # values statistic: a pair whose share of sampled
+                                         # chunks equal in indices and signs leaves 1 - share
+                                         # <= this x the round's typical nearest-neighbour
+                                         # value is flagged (a copy re-randomising the rest)
   # time: the later uploader of a flagged pair is the copier (§14); evidence: the member
   # without own-page evidence (`evidence_alpha`) while its partner has it; a pair that the
   # evidence cannot orient is reported and left alone (time is not evidence of authorship)
@@ -279,8 +289,8 @@ class GauntletConfig:
             f"must be in 1..30 (a bit history), got {self.evidence_window}")
     require(0.0 < self.overlap_ratio < 1.0, "gauntlet.overlap_ratio",
             f"must be in (0, 1), got {self.overlap_ratio}")
-    require(0.0 < self.copy_identical_share <= 1.0, "gauntlet.copy_identical_share",
-            f"must be in (0, 1], got {self.copy_identical_share}")
+    require(0.0 < self.copy_share_ratio < 1.0, "gauntlet.copy_share_ratio",
+            f"must be in (0, 1), got {self.copy_share_ratio}")
     require(self.copy_sample_chunks >= 1, "gauntlet.copy_sample_chunks", "must be >= 1")
     b = self.copy_sketch_buckets
     require(b >= 2 and b & (b - 1) == 0, "gauntlet.copy_sketch_buckets",

@@ -33,11 +33,14 @@ sim models.
 A second statistic covers the copier that re-randomises a share f of its chunks and keeps
 the rest (d ~ f, which on small models is as close as honest peers are): the share of
 sampled non-zero chunks whose index sets and value signs are identical (an order-free
-hash per chunk, unchanged by value noise and re-quantisation). Independent computations
-almost never agree on all k indices and signs of a chunk; a pair with `identical_share`
-or more is flagged whatever the round looks like. A copy that re-randomises chunks and
-also flips signs everywhere escapes both statistics; it is not paid either, since
-payment needs own-page evidence (`scores.has_evidence`).
+hash per chunk, unchanged by value noise and re-quantisation), calibrated the same way on
+1 - share with `share_ratio`: on DeMo uploads independent computations almost never
+agree on all k indices and signs of a chunk (on the byte-vocabulary sim models honest
+peers share up to ~0.4-0.55 of them, typical 1 - share ~ 0.37, so a pair sharing more
+than ~0.89 is flagged at share_ratio 0.3: a copy that re-randomises 5 % of its chunks
+shares ~0.95); on DiLoCo's dense deltas they often do, and the threshold follows. A copy that re-randomises chunks and also flips signs
+everywhere escapes both statistics; it is not paid either, since payment needs own-page
+evidence (`scores.has_evidence`).
 """
 from __future__ import annotations
 
@@ -50,7 +53,7 @@ from jaxnet.gauntlet.config import GauntletError
 from jaxnet.submission import Layout
 
 __all__ = ["EXACT", "sample_sizes", "sample_chunks", "sketch_one", "sketches", "cosines",
-           "identical_shares", "pair_distances", "calibrated_pairs", "blame"]
+           "identical_shares", "pair_distances", "calibrated_pairs", "flag_pairs", "blame"]
 
 EXACT = 1e-6   # d below this is an identical upload (float32 round-off of equal sketches)
 
@@ -161,19 +164,36 @@ def pair_distances(stat_PxP, kind: str):
 def calibrated_pairs(d_PxP, valid_P, ratio: float) -> tuple[jax.Array, jax.Array]:
   """Flagged pairs [P, P] bool (symmetric) and the round's typical distance d_typ.
 
-  d_typ is the lower median of the valid peers' nearest-neighbour distances (at least 3
-  valid peers; otherwise only identical uploads are flagged). A copy ring larger than
+  d_typ is the lower median of the valid peers' nearest-neighbour distances to uploads
+  that are not identical to theirs (at least 3 such peers; otherwise only identical
+  uploads are flagged). A copy ring larger than
   half of the valid peers would pull d_typ down: it is bounded by the uid count, and each
   of its members still has to earn own-page evidence to be paid.
   """
   p = d_PxP.shape[0]
   pair = valid_P[:, None] & valid_P[None, :] & ~jnp.eye(p, dtype=bool)
-  nn_P = jnp.min(jnp.where(pair, d_PxP, jnp.inf), axis=1)
-  n_valid = jnp.sum(valid_P)
-  srt = jnp.sort(jnp.where(valid_P, nn_P, jnp.inf))
+  # identical uploads are flagged by EXACT anyway; leaving them out of the calibration
+  # keeps a group of exact copies from pulling the typical distance down to 0
+  nn_P = jnp.min(jnp.where(pair & (d_PxP > EXACT), d_PxP, jnp.inf), axis=1)
+  has_nn = valid_P & jnp.isfinite(nn_P)
+  n_valid = jnp.sum(has_nn)
+  srt = jnp.sort(jnp.where(has_nn, nn_P, jnp.inf))
   d_typ = jnp.where(n_valid >= 3, srt[jnp.maximum(n_valid - 1, 0) // 2], 0.0)
   flag = pair & ((d_PxP <= ratio * d_typ) | (d_PxP <= EXACT))
   return flag, d_typ
+
+
+def flag_pairs(d_PxP, share_PxP, valid_P, ratio: float, share_ratio: float) -> jax.Array:
+  """[P, P] bool: pairs near in value cosine (`calibrated_pairs` on d, `ratio`) or in
+  shared chunk signatures (the same rule on 1 - share, either way round, `share_ratio`).
+
+  Both are calibrated: schemes whose honest uploads agree on many chunk signatures (dense
+  DiLoCo deltas keep the largest entries of each block, often the same positions and
+  signs for every peer) raise the typical distance, so only outliers are flagged."""
+  near, _ = calibrated_pairs(d_PxP, valid_P, ratio)
+  d_share = 1.0 - jnp.maximum(share_PxP, share_PxP.T)
+  same, _ = calibrated_pairs(d_share, valid_P, share_ratio)
+  return near | same
 
 
 def blame(flag_PxP, evidence_P, times_P=None):

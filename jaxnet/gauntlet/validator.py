@@ -21,7 +21,13 @@ gradients play the match at -99; F = ordinal x BMA' x sync with BMA' thresholded
 that fresh F, the escalating missing-gradient slash, the reset and timeout of frequent
 missers, F <- 0 for invalid gradients and the negative-evaluation penalties; copy detection
 over the gathered peers after 20 windows; burn + top/reserve ramp weights. The paper path
-("paper", the default) runs exactly the operations it ran before the preset existed.
+("paper", the default) runs exactly the operations it ran before the preset existed, except
+that a non-finite LossScore is now the malformed penalty instead of a silent skip.
+
+`cfg.preset == "hardened"` (issue 12) keeps the paper's structure and switches on, each by
+its own field: the foil in the indicator (step 5), the evidence gate on F (after step 6),
+the scored gather rule (step 2), and the value-sketch copy detector with calibrated flags
+and blame by evidence (step 7, `jaxnet.gauntlet.copies`).
 
 The report holds, per uid, every term and every slash with its reason, so a peer can see
 why it earned what it earned (`jaxnet report`). Randomness comes only from `key`, which
@@ -155,10 +161,17 @@ def _null_rate(cfg: GauntletConfig, n: int) -> float:
   return 1.0 / 3.0 if _use_foils(cfg, m) else 0.5
 
 
+def _statistic(rt: rating.RatingState, cfg: GauntletConfig):
+  """The rating statistic in F (§11.4, §18 row 5): the ordinal mu - z sigma, or mu."""
+  stat = rating.ordinal(rt, cfg.rating.z) if cfg.score_statistic == "ordinal" else rt.mu
+  return stat.astype(jnp.float32)
+
+
 def gather_score(sc: scores.ScoreState, rt: rating.RatingState, cfg: GauntletConfig):
-  """ordinal x max(0, BMA) x sync: F before the evidence gate, which ranks the gather
-  candidates under `gather_rule: scored` (the model may use an update before its author
-  has earned pay; it may never use one whose score is not positive)."""
+  """The paper's F, ordinal x max(0, BMA) x sync, before the evidence gate: it ranks the
+  gather candidates under `gather_rule: scored` (the model may use an update before its
+  author has earned pay; never one whose conservative rating is not positive, whatever
+  statistic pays: mu is positive for nearly every rated uid)."""
   return scores.final_score(rating.ordinal(rt, cfg.rating.z).astype(jnp.float32), sc.bma,
                             sc.sync)
 
@@ -177,11 +190,8 @@ def _copy_verdict(stat_PxP, identical_PxP, compared, offset_s, evidence, cfg: Ga
   stat = jnp.nan_to_num(stat_PxP.astype(jnp.float32), nan=0.0)
   max_stat = jnp.maximum(jnp.max(jnp.where(pair, stat, -1.0), axis=1), 0.0)
   if cfg.overlap_calibration == "round":
-    d = copies.pair_distances(stat, cfg.overlap_statistic)
-    flag, _ = copies.calibrated_pairs(d, compared, cfg.overlap_ratio)
-    # a pair that shares many bit-identical chunks, either way round (values statistic)
-    same = jnp.maximum(identical_PxP, identical_PxP.T) >= cfg.copy_identical_share
-    flag = flag | (pair & same)
+    flag = copies.flag_pairs(copies.pair_distances(stat, cfg.overlap_statistic), identical_PxP,
+                             compared, cfg.overlap_ratio, cfg.copy_share_ratio)
     strength = jnp.where(flag, 3, 0)
   else:   # templar's levels: high / max / mega
     t = (cfg.overlap_threshold, cfg.overlap_max_threshold, cfg.overlap_mega_threshold)
@@ -226,6 +236,11 @@ def score_round(state: ValidatorState, inputs: RoundInputs, params, window, lr_t
   elif cfg.gather_rule == "scored":   # issue 12: positive scores only, no random filler
     key_N = gather_score(sc, rt, cfg)
     eligible_g = active & (window >= sc.timeout_until) & (key_N > 0)
+    if cfg.evidence_alpha > 0:   # once enough uids have own-page evidence, only they
+      proven = scores.has_evidence(sc, cfg.evidence_alpha, cfg.evidence_window,
+                                   _null_rate(cfg, n))
+      enough = jnp.sum(eligible_g & proven) >= cfg.minimum_peers
+      eligible_g = eligible_g & (proven | ~enough)
     gather_state, in_gather = select.gather_step(
         state.gather, window, jnp.where(eligible_g, key_N, 0.0), eligible_g, k_gather, cfg)
     in_gather = in_gather & eligible_g   # a list posted earlier loses them at once
@@ -268,7 +283,11 @@ def score_round(state: ValidatorState, inputs: RoundInputs, params, window, lr_t
     sc = scores.slash_scores(sc, cfg.slash_missing, missing_eval, cfg)
     sc = scores.zero_positive(sc, malformed_eval)
   # the scheme's view of the gathered peers (SparseLoCo: their median value norms, §4)
-  context = scheme.eval_context(inputs.subs, in_gather & usable, layout)
+  # (an empty gather, e.g. before anyone has a positive score under `gather_rule: scored`,
+  # falls back to every usable upload: SparseLoCo's clip norm would otherwise be 0)
+  gathered_ok = in_gather & usable
+  context = scheme.eval_context(inputs.subs, jnp.where(jnp.any(gathered_ok), gathered_ok,
+                                                       usable), layout)
   # fold_in, not a third split: the paper path keeps its random numbers
   ev = _evaluate(params, inputs, selected & usable, lr_t * cfg.eval_lr_factor, context,
                  jax.random.fold_in(key, 0xF011), cfg=cfg, layout=layout,
@@ -303,7 +322,7 @@ def score_round(state: ValidatorState, inputs: RoundInputs, params, window, lr_t
   in_match = players & rate_metrics["applied"]
   sc = scores.settle_pending(sc, players & ~failed if tf else players, match_score,
                              rate_metrics["applied"], cfg.carry_unmatched_scores)
-  stat = rating.ordinal(rt, cfg.rating.z) if cfg.score_statistic == "ordinal" else rt.mu
+  stat = _statistic(rt, cfg)
   if tf:
     ts = ts._replace(evaluated_windows=ts.evaluated_windows + scored.astype(jnp.int32))
     bma_eff = templar.bma_effective(sc.bma, ts.evaluated_windows, cfg.bma_threshold,

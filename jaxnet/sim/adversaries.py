@@ -108,6 +108,35 @@ def malformed_bytes(sub: Submission, layout: Layout, kind: str, scheme) -> bytes
   return data[: len(data) // 2]   # truncated (also the fallback for inf_lut without a LUT)
 
 
+def _copy_attack(b: str, u: int, victim: int, honest, previous, offsets, rng, window: int,
+                 layout: Layout, cfg: SimConfig, scheme) -> tuple[bytes, float]:
+  """Copies of a victim's work that attack the rules around copying (issue 12):
+
+  * copier_first: an exact copy that claims an upload time before its victim's (the
+    time rule of §14 would blame the victim);
+  * partial_copier: the victim's direction with `partial_copy_fraction` of its chunks
+    replaced by noise and re-encoded (every value re-quantised), to dodge the detector;
+  * stale_copier: the victim's upload of the previous window, which no same-round copy
+    detector can see (public since then);
+  * scaled_copier: the victim's direction times `copy_scale` (value manipulation).
+  """
+  sub = _with_meta(honest[victim], u, window)
+  offset = min(offsets[victim] + cfg.copy_delay_s, cfg.late_s - 1e-3)
+  if b == "copier_first":
+    offset = max(offsets[victim] - cfg.copy_delay_s, 0.0)
+  elif b == "partial_copier":
+    sub = degrade_submission(sub, layout, cfg.partial_copy_fraction, rng, scheme)
+  elif b == "stale_copier":
+    prev = previous[victim]
+    sub = _with_meta(prev if prev is not None else honest[victim], u, window)
+    offset = float(offsets[u])   # no hurry: it was public a window ago
+  elif b == "scaled_copier":
+    dense = jax.tree.map(np.asarray, _codec(scheme, layout)[0](sub))
+    sub = _encode(sub, jax.tree.map(lambda d: (d * cfg.copy_scale).astype(np.float32), dense),
+                  layout, scheme)
+  return to_bytes(sub, layout), offset
+
+
 def operator_of(uid: int, behaviours: list[str], group: int) -> int:
   """First uid of a sybil's operator group: consecutive sybil uids share one computation."""
   first = uid
@@ -164,6 +193,10 @@ def make_uploads(behaviours: list[str], honest: list[Submission], window: int,
         copied = _encode(copied, dense, layout, scheme)
       uploads[u] = put(copied)
       offsets[u] = min(offsets[victim] + cfg.copy_delay_s, cfg.late_s - 1e-3)
+    elif b in ("copier_first", "partial_copier", "stale_copier", "scaled_copier"):
+      victim = honest_uids[u % len(honest_uids)] if honest_uids else (u + 1) % n
+      uploads[u], offsets[u] = _copy_attack(b, u, victim, honest, previous, offsets, rng,
+                                            window, layout, cfg, scheme)
     elif b == "sybil":
       op = operator_of(u, behaviours, cfg.sybil_uids_per_operator)
       uploads[u] = put(_with_meta(honest[op], u, window))

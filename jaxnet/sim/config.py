@@ -4,7 +4,10 @@ from __future__ import annotations
 from jaxnet.configbase import require, static_config
 
 BEHAVIOURS = ("honest", "free_rider", "zeros", "copier", "noise", "malformed", "late", "early",
-              "desync", "wrong_data", "replay", "sybil", "degraded")
+              "desync", "wrong_data", "replay", "sybil", "degraded",
+              # issue 12: attacks on the blame and time rules, on information already
+              # public, and on values (all copy a victim; none computes)
+              "copier_first", "partial_copier", "stale_copier", "scaled_copier")
 
 
 @static_config
@@ -20,6 +23,9 @@ class SimConfig:
   honest_upload_s: tuple[float, float] = (0.5, 3.0)  # honest upload offsets in the put window
   copy_delay_s: float = 2.0        # a copier re-uploads this long after its victim (§1.3)
   copy_noise: float = 0.0          # relative noise a copier adds to the copied values
+  partial_copy_fraction: float = 0.05  # partial_copier: share of the victim's chunks it
+                                   # replaces with noise (to dodge copy detection)
+  copy_scale: float = 100.0        # scaled_copier: factor on the victim's values
   late_s: float = 15.0             # late uploaders: offset past the 10 s put window
   early_s: float = -5.0            # early uploaders: before the window boundary
   desync_every: int = 3            # desynced peers apply only every n-th outer step
@@ -50,6 +56,9 @@ class SimConfig:
     require(all(s >= 0 for s in self.validator_stake), "sim.validator_stake", "must be >= 0")
     require(self.ledger_every >= 0, "sim.ledger_every", "must be >= 0")
     require(0.0 <= self.degraded_max <= 1.0, "sim.degraded_max", "must be in [0, 1]")
+    require(0.0 <= self.partial_copy_fraction <= 1.0, "sim.partial_copy_fraction",
+            "must be in [0, 1]")
+    require(self.copy_scale > 0, "sim.copy_scale", "must be positive")
 
   def degraded_fraction(self) -> list[float]:
     """Per uid: the fraction of chunks a degraded peer replaces with noise (0 otherwise)."""
