@@ -96,7 +96,7 @@ def _score_source(ls: lossscore.LossScores, cfg: GauntletConfig):
   return ls.r_rand
 
 
-def _foils(n_eval: int, m: int, pad: int, key):
+def _foils(m: int, pad: int, key):
   """Row i < m of the evaluated block is also scored on row (i + s) mod m's assigned batch,
   s uniform in [1, m): every evaluated peer gets another evaluated peer's pages as its foil
   (issue 12). Padding rows point at themselves (their result is dropped)."""
@@ -123,7 +123,7 @@ def _evaluate(params, inputs: RoundInputs, selected_N, step_size, context, key, 
   clean = jax.tree.map(lambda x: jnp.where(keep_N.reshape((-1,) + (1,) * (x.ndim - 1)), x,
                                            jnp.zeros_like(x)), inputs.subs)
   subs_M, own_M = _take(clean, idx_M), _take(inputs.own, idx_M)
-  foil_src = _foils(n, m, pad, key) if _use_foils(cfg, m) else None
+  foil_src = _foils(m, pad, key) if _use_foils(cfg, m) else None
   foil_M = _take(own_M, foil_src) if foil_src is not None else None
   if mesh is not None and mesh.size > 1:
     spec = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("peer"))
@@ -186,6 +186,10 @@ def _copy_verdict(stat_PxP, identical_PxP, compared, offset_s, evidence, cfg: Ga
   """
   n = stat_PxP.shape[0]
   times = jnp.where(compared, offset_s, jnp.inf)
+  thresholds = (cfg.overlap_threshold, cfg.overlap_max_threshold, cfg.overlap_mega_threshold)
+  if cfg.overlap_calibration == "fixed" and cfg.copy_blame == "time":   # templar's rule
+    v = overlap.copy_slash(stat_PxP, times, compared, thresholds)
+    return v.level, v.source, jnp.zeros((n,), bool), v.max_overlap
   pair = compared[:, None] & compared[None, :] & ~jnp.eye(n, dtype=bool)
   stat = jnp.nan_to_num(stat_PxP.astype(jnp.float32), nan=0.0)
   max_stat = jnp.maximum(jnp.max(jnp.where(pair, stat, -1.0), axis=1), 0.0)
@@ -193,9 +197,8 @@ def _copy_verdict(stat_PxP, identical_PxP, compared, offset_s, evidence, cfg: Ga
     flag = copies.flag_pairs(copies.pair_distances(stat, cfg.overlap_statistic), identical_PxP,
                              compared, cfg.overlap_ratio, cfg.copy_share_ratio)
     strength = jnp.where(flag, 3, 0)
-  else:   # templar's levels: high / max / mega
-    t = (cfg.overlap_threshold, cfg.overlap_max_threshold, cfg.overlap_mega_threshold)
-    strength = jnp.where(pair, sum((stat >= x).astype(jnp.int32) for x in t), 0)
+  else:   # templar's levels: high / max / mega, oriented by evidence
+    strength = jnp.where(pair, sum((stat >= x).astype(jnp.int32) for x in thresholds), 0)
     flag = strength > 0
   blamed, unresolved = copies.blame(flag, evidence,
                                     times if cfg.copy_blame == "time" else None)
