@@ -35,7 +35,8 @@ def spread(cfg, net, st, w, seeds: int) -> dict:
   keys_S = jnp.stack([net.round_key(w, s) for s in range(seeds)])
 
   def one(key, rand):
-    return score_round(st.validator, inputs._replace(rand=rand), st.params, w, lr_t, key,
+    lead = jax.tree.map(lambda x: x[0], st.validator)   # validator 0 of the stacked states
+    return score_round(lead, inputs._replace(rand=rand), st.params, w, lr_t, key,
                        cfg=cfg.gauntlet, layout=net.layout, model_cfg=cfg.model, mesh=None)
 
   fn = jax.jit(jax.vmap(one))

@@ -176,6 +176,13 @@ def cmd_simulate(argv: list[str]) -> int:
     tops = " ".join(f"{u}:{w:.2f}" for u, w in zip(rec["top_uids"][:3], rec["top_weights"][:3]))
     network.tqdm_write(f"round {rec['round']:>4}  loss {rec['val_loss']:.4f}  scored {rec['evaluated']:>3}  "
                        f"top {tops}  slashes {slashes}")
+    g = rec.get("ledger")
+    if g and "stake_units" in g:   # one line per ledger epoch: who was paid what
+      per = " ".join(f"{v}:{u / s:.4f}" if s else f"{v}:-" for v, (u, s) in
+                     enumerate(zip(g["validator_units"], g["stake_units"])))
+      network.tqdm_write(f"  epoch {g['epoch']:>3}  miners {sum(g['miner_units'])}  "
+                         f"validators {sum(g['validator_units'])}  owner {g['owner']}  "
+                         f"dividends/stake {per}")
 
   result = network.simulate(cfg, on_round=summary)
   hist = result["history"]

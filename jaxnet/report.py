@@ -2,7 +2,10 @@
 
 Prints the validator's per-uid report of one round as a table (every score term and
 every slash with its reason) and draws the run's figures (loss, weight per behaviour
-class, BMA and ordinal per uid) into RUN_DIR.
+class, BMA and ordinal per uid) into RUN_DIR. A network with a ledger also gets the
+chain's tables of its last epoch up to that round (per validator: stake, validator trust,
+dividends per unit stake, bond share, agreement with the consensus; per miner: consensus
+weight, the weight clipped by the kappa-median, emission) and their figures over epochs.
 """
 from __future__ import annotations
 
@@ -60,6 +63,65 @@ def table(report: dict, behaviours: list[str] | None = None) -> str:
     line = " ".join(format(row[k], f"{'>' if f else '<'}{w}{f}") for k, _, w, f in COLUMNS)
     lines.append(line + (f"  {behaviours[u]}" if behaviours else ""))
   return "\n".join(lines)
+
+
+def validator_table(log: dict, kinds: list[str] | None = None) -> str:
+  """Per validator, one ledger epoch (the `ledger` entry of a round's record)."""
+  lines = [f"{'val':>4} {'behaviour':<14} {'stake':>12} {'vtrust':>7} {'div/stake':>10} "
+           f"{'bonds':>6} {'agree':>6} {'active':>6} {'revealed':>8}"]
+  for v, stake in enumerate(log["stake_units"]):
+    per = log["validator_units"][v] / stake if stake else 0.0
+    vt = log.get("vtrust", [float("nan")] * (v + 1))[v]
+    bs = log.get("bond_share", [float("nan")] * (v + 1))[v]
+    lines.append(f"{v:>4} {(kinds[v] if kinds else '-'):<14} {stake:>12d} {vt:>7.3f} "
+                 f"{per:>10.5f} {bs:>6.3f} {log['agreement'][v]:>6.3f} "
+                 f"{'yes' if log['active'][v] else 'no':>6} {log['revealed_epoch'][v]:>8d}")
+  return "\n".join(lines)
+
+
+def miner_table(log: dict, behaviours: list[str] | None = None) -> str:
+  """Per miner, one ledger epoch: consensus weight, clipped weight, incentive, emission."""
+  lines = [f"{'uid':>4} {'consensus':>9} {'clipped':>8} {'incentive':>9} {'emission':>9}"
+           + ("  behaviour" if behaviours else "")]
+  for u, units in enumerate(log["miner_units"]):
+    clipped = log.get("clipped", [float("nan")] * (u + 1))[u]
+    lines.append(f"{u:>4} {log['consensus'][u]:>9.4f} {clipped:>8.4f} "
+                 f"{log['incentive'][u]:>9.4f} {units:>9d}"
+                 + (f"  {behaviours[u]}" if behaviours else ""))
+  return "\n".join(lines)
+
+
+def plot_chain(run_dir: Path, recs: list[dict], behaviours: list[str] | None,
+               kinds: list[str] | None) -> list[Path]:
+  """Dividends per unit stake per validator, and miner emission per class, over epochs."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  logs = [r["ledger"] for r in recs if r.get("ledger") and "stake_units" in r["ledger"]]
+  if not logs:
+    return []
+  ep = [g["epoch"] for g in logs]
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+  per = np.array([[u / s if s else 0.0 for u, s in zip(g["validator_units"], g["stake_units"])]
+                  for g in logs])
+  for v in range(per.shape[1]):
+    axes[0].plot(ep, per[:, v], marker=".", label=f"{v} {kinds[v] if kinds else ''}")
+  axes[0].set_xlabel("epoch")
+  axes[0].set_ylabel("dividends per unit stake")
+  axes[0].legend(fontsize=7)
+  units = np.array([g["miner_units"] for g in logs], np.float64)
+  share = units / np.maximum(units.sum(1, keepdims=True), 1)
+  labels = behaviours or [str(u) for u in range(units.shape[1])]
+  for c in sorted(set(labels)):
+    sel = np.array([x == c for x in labels])
+    axes[1].plot(ep, share[:, sel].sum(1), marker=".", label=c)
+  axes[1].set_xlabel("epoch")
+  axes[1].set_ylabel("share of miner emission")
+  axes[1].legend(fontsize=6, ncol=2)
+  fig.tight_layout()
+  fig.savefig(run_dir / "chain.png", dpi=110)
+  plt.close(fig)
+  return [run_dir / "chain.png"]
 
 
 def plot_run(run_dir: Path, recs: list[dict], behaviours: list[str] | None) -> list[Path]:
@@ -152,6 +214,16 @@ def main(argv: list[str]) -> int:
     print(f"round {rec['round']}: validation loss {rec['val_loss']:.4f}, "
           f"{rec['evaluated']} peers scored, {rec['gathered']} gathered")
     print(table(rec["report"], behaviours))
+    epochs = [r for r in recs if r.get("ledger") and "stake_units" in r["ledger"]
+              and r["round"] <= rec["round"]]
+    kinds_path = (run_dir if run_dir.is_dir() else run_dir.parent) / "validators.json"
+    kinds = json.loads(kinds_path.read_text()) if kinds_path.exists() else None
+    if epochs:
+      g = epochs[-1]["ledger"]
+      print(f"ledger epoch {g['epoch']} (round {epochs[-1]['round']}): minted {g['minted']}, "
+            f"owner {g['owner']}; gather list of validator {rec.get('lead_validator', 0)}")
+      print(validator_table(g, kinds))
+      print(miner_table(g, behaviours))
   else:
     if args.round is not None:
       raise ReportError(f"--round {args.round}: {run_dir} is a training run; it has steps, "
@@ -159,6 +231,8 @@ def main(argv: list[str]) -> int:
     print(f"{len(recs)} steps: loss {recs[0]['loss']:.4f} -> {recs[-1]['loss']:.4f}")
   if not args.no_plots:
     out_dir = run_dir if run_dir.is_dir() else run_dir.parent
-    for p in plot_run(out_dir, recs, behaviours):
+    kinds_path = out_dir / "validators.json"
+    kinds = json.loads(kinds_path.read_text()) if kinds_path.exists() else None
+    for p in plot_run(out_dir, recs, behaviours) + plot_chain(out_dir, recs, behaviours, kinds):
       print(f"wrote {p}")
   return 0

@@ -205,7 +205,8 @@ def _bridge(mechanism, layout="split", *extra):
   cfg = load_config(CONFIGS / "sim-tiny.yaml",
                     ["--sim.ledger_every", "5", "--ledger.mechanism", mechanism,
                      "--ledger.yuma.layout", layout, "--sim.validators", "2",
-                     "--sim.validator_stake", "[1.0, 3.0]", *extra])
+                     "--sim.validator_stake", "[1.0, 3.0]", "--ledger.reveal_period", "0",
+                     *extra])
   return LedgerBridge(cfg, 4)
 
 
@@ -227,7 +228,7 @@ def test_sim_ledger_runs_the_2020_mechanism():
     assert sum(g["miner_units"]) == g["minted"] and g["validator_units"] == [0, 0]
     np.testing.assert_allclose(np.array(g["miner_units"]) / g["minted"], w, atol=1e-6)
     total += g["minted"]   # paid into stake, so the next epoch mints more
-  assert int(np.asarray(state.minted)) == 400_000 + 440_000
+  assert int(np.asarray(state.ledger.minted)) == 400_000 + 440_000
 
 
 def test_sim_ledger_combined_yuma_matches_the_split_layout():

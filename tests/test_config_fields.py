@@ -134,7 +134,7 @@ def test_every_field_has_a_one_line_doc():
 @pytest.mark.parametrize("name", ["train.log_every", "gauntlet.penalise_page_mismatch",
                                   "gauntlet.windows_per_weights", "gauntlet.blocks_per_window",
                                   "gauntlet.validator_offset", "ledger.tempo",
-                                  "ledger.activity_cutoff", "ledger.log_path",
+                                  "ledger.log_path",
                                   "ledger.checkpoint_dir", "ledger.checkpoint_keep"])
 def test_removed_fields_are_unknown(name):
   from jaxnet.config import ConfigError

@@ -105,10 +105,14 @@ def round_batches(corpus, n_uids: int, window: int, sample_rate: float, seed: in
   n_rows = full["inputs"].shape[1]
   rows = np.stack([eval_rows(n_rows, sample_rate, seed, window, u) for u in range(n_uids)])
   own = {k: np.take_along_axis(v, rows[:, :, None], axis=1) for k, v in full.items()}
+  return own, random_batch(corpus, window, sample_rate, seed, salt)
+
+
+def random_batch(corpus, window: int, sample_rate: float, seed: int, salt: int = 0) -> dict:
+  """The sampled rows [B', L] of round `window`'s random pages drawn with `salt` (§9.1)."""
   rand_full = corpus.batch_from_pages(corpus.random_pages(window, salt))
   r_rows = eval_rows(rand_full["inputs"].shape[0], sample_rate, seed, window, -1 & 0xFFFF)
-  rand = {k: v[r_rows] for k, v in rand_full.items()}
-  return own, rand
+  return {k: v[r_rows] for k, v in rand_full.items()}
 
 
 # One jitted function for the process: Validators with equal static pieces share its

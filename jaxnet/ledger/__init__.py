@@ -4,7 +4,7 @@ Public API:
   config:    BitTensorConfig, YumaConfig, LedgerConfig
   2020:      legacy_epoch_2020, inflate, connectivity_loss, run_2020, cabal_toy
   Yuma:      epoch, epoch_core, EpochOut, EpochMasks, default_masks, masks_from_blocks,
-             stored_bonds, emission_split, stake_weighted_quantile, normalize
+             first_permits, stored_bonds, emission_split, stake_weighted_quantile, normalize
   history:   run (float trajectories), LedgerState, init_ledger, ledger_step, run_ledger,
              split_units, EpochRecord, ledger_step_core
   audit:     LedgerCheckpointer, write_epoch_log, audit_epoch_log
@@ -22,11 +22,11 @@ from jaxnet.ledger.bittensor import (Epoch2020Out, cabal_toy, connectivity_loss,
                                      legacy_epoch_2020, legacy_epoch_2020_core, run_2020)
 from jaxnet.ledger.config import BitTensorConfig, LedgerConfig, YumaConfig
 from jaxnet.ledger.ops import normalize, stake_weighted_quantile, topk_nonzero
-from jaxnet.ledger.state import (EpochRecord, LedgerState, first_permits, init_ledger,
-                                 ledger_step, ledger_step_core, run, run_ledger, split_units)
+from jaxnet.ledger.state import (EpochRecord, LedgerState, init_ledger, ledger_step,
+                                 ledger_step_core, run, run_ledger, split_units)
 from jaxnet.ledger.validate import LedgerInputError
 from jaxnet.ledger.yuma import (EpochMasks, EpochOut, default_masks, emission_split, epoch,
-                                epoch_core, masks_from_blocks, stored_bonds)
+                                epoch_core, first_permits, masks_from_blocks, stored_bonds)
 
 __all__ = [
     "BitTensorConfig", "YumaConfig", "LedgerConfig",

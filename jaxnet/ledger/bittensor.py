@@ -1,6 +1,8 @@
 """The 2020 BitTensor mechanism (arXiv 2003.03917; spec §1.2, §1.3, §5.2).
 
-Ranks R = W^T s, connectivity trust T_j = sum_i s_i [W_ij > 0], sigmoid consensus
+Each peer's row of W is a distribution over its neighbours (§1.2: W is row-stochastic),
+so W is row-normalised first, as Yuma's step 5 does; only the relative weights of a row
+count. Ranks R = W^T s, connectivity trust T_j = sum_i s_i [W_ij > 0], sigmoid consensus
 C = sigma(rho (T - kappa)), incentive = normalize(R * C), and inflation into stake. All
 pure and jit/vmap-able; everything but the edge indicator is smooth, so `jax.grad` flows
 through R (w.r.t. the values of W) and through s (w.r.t. S), as the paper's connectivity
@@ -16,8 +18,8 @@ import jax.numpy as jnp
 from jaxnet.ledger import ops
 from jaxnet.ledger.config import BitTensorConfig
 from jaxnet.ledger.validate import (LedgerInputError, check_2020_inputs, check_config,
-                                   check_count, check_matrix, check_scalar, check_vector,
-                                   shape_of)
+                                   check_count, check_matrix, check_scalar, check_sequence,
+                                   check_vector, shape_of)
 
 
 class Epoch2020Out(NamedTuple):
@@ -29,13 +31,22 @@ class Epoch2020Out(NamedTuple):
 
 
 def legacy_epoch_2020_core(W, S, rho=10.0, kappa=0.5) -> Epoch2020Out:
-  """The 2020 epoch without checks (spec §5.2 `legacy_epoch_2020`); rho, kappa may be traced."""
+  """The 2020 epoch without checks (spec §5.2 `legacy_epoch_2020`); rho, kappa may be traced.
+
+  W is row-normalised (spec §1.2: each row is a distribution over the neighbours; zero
+  rows stay zero), so scaling a row by a positive factor changes nothing (§5.3 prop. 2).
+  """
   w_NxN = jnp.asarray(W, jnp.result_type(float))
+  # Edges are read before normalising, so a tiny weight that rounds to 0 in its
+  # normalised row still counts as the edge it is.
+  edge_NxN = w_NxN > 0
+  # Unnormalised rows would let a peer buy rank by the scale of its row, not its stake.
+  w_NxN = ops.row_normalize(w_NxN)
   s_N = ops.normalize(jnp.asarray(S, w_NxN.dtype))
   rank_N = s_N @ w_NxN
   # Trust counts the stake of peers with a non-zero edge (§1.2): the indicator has no
   # gradient, so grad w.r.t. W flows only through the ranks.
-  trust_N = s_N @ (w_NxN > 0).astype(w_NxN.dtype)
+  trust_N = s_N @ edge_NxN.astype(w_NxN.dtype)
   consensus_N = ops.sigmoid(rho * (trust_N - kappa))
   return Epoch2020Out(s_N, rank_N, trust_N, consensus_N, ops.normalize(rank_N * consensus_N))
 
@@ -47,7 +58,8 @@ def legacy_epoch_2020(W, S, rho=10.0, kappa=0.5) -> Epoch2020Out:
   """The 2020 epoch with boundary checks (spec §1.2).
 
   Args:
-    W: [n, n] weights, >= 0 (row-stochastic in the paper; used as given).
+    W: [n, n] weights, >= 0, any row scale: each non-empty row is normalised to sum 1
+      (row-stochastic, spec §1.2); empty rows give no rank and no trust.
     S: [n] stake, >= 0.
     rho: sigmoid temperature (§1.2: 10). kappa: shift (§1.2: 0.5).
   Raises:
@@ -84,7 +96,8 @@ def connectivity_loss(W, S, kappa=0.5):
   """The paper's connectivity regulariser L = -sum_j R_j (T_j - kappa) (spec §1.2).
 
   A reconstruction (the exact derivation is not in the available sources); differentiable
-  w.r.t. the values of W and w.r.t. S.
+  w.r.t. the values of W and w.r.t. S. R is the rank of the row-normalised W, as in
+  `legacy_epoch_2020`.
   """
   check_2020_inputs(W, S)
   check_scalar(kappa, "kappa", 1.0)
@@ -113,6 +126,7 @@ def run_2020(W, S0, params: BitTensorConfig = BitTensorConfig(), epochs: int | N
   else:
     if W.ndim != 3:
       raise LedgerInputError(f"W: expected [n, n] or [T, n, n], got shape {W.shape}")
+    check_sequence(W)
     check_2020_inputs(W[0], S0)
     epochs = W.shape[0]
     # Every block's matrix, not just the first: rows of the [T * n, n] stack.

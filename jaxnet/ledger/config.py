@@ -12,6 +12,9 @@ from typing import Literal
 from jaxnet.configbase import require, static_config
 
 U16_MAX = 65535  # chain u16 proportions: 65535 = 1.0 (spec §2, "Chain arithmetic")
+# Integer ledger totals stay <= 2**30 in int32 mode, so float rounding of a total never
+# overflows int32 (the ledger in state.py checks its totals against this too).
+INT32_SAFE = 2**30
 
 
 @static_config
@@ -71,12 +74,21 @@ class LedgerConfig:
   yuma: YumaConfig = field(default_factory=YumaConfig)
   bittensor: BitTensorConfig = field(default_factory=BitTensorConfig)
   epoch_emission: int = 1_000_000   # integer units minted per Yuma epoch (ledger accounting;
-                                    # the chain tests mint 1e9 rao, which needs x64 ints)
+                                    # <= 2**30, the int32 ledger's limit on its totals)
   owner_cut: float = 11796 / U16_MAX  # §2.1 step 12: SubnetOwnerCut 11796/65535 = 18%
   compound: bool = True             # payouts are staked, as emissions are on chain (§1.2, §2.1)
+  reveal_period: int = 1            # commit-reveal: tempos before set weights are readable
+                                    # (chain default 1 since 2025-08; 0 = off), §2.1 step 5
+  activity_cutoff: int = 13         # §2.2 ActivityCutoff 5000 blocks / Tempo 360: epochs a
+                                    # validator stays active after it last set weights
 
   def __post_init__(self):
     require(self.epoch_emission >= 0, "ledger.epoch_emission", "must be >= 0")
-    require(self.epoch_emission < 2**31, "ledger.epoch_emission",
-            "must fit in int32 (< 2**31) so one epoch's split is exact")
+    # The int32 ledger refuses totals above INT32_SAFE, so a larger emission could never
+    # run one epoch; configs cannot see jax_enable_x64, so the bound is the int32 one.
+    require(self.epoch_emission <= INT32_SAFE, "ledger.epoch_emission",
+            f"must be <= 2**30 ({INT32_SAFE}), the int32 ledger's limit; larger emissions "
+            "need jax_enable_x64")
     require(0.0 <= self.owner_cut < 1.0, "ledger.owner_cut", "must be in [0, 1)")
+    require(0 <= self.reveal_period <= 64, "ledger.reveal_period", "must be in [0, 64] tempos")
+    require(self.activity_cutoff >= 0, "ledger.activity_cutoff", "must be >= 0")

@@ -71,35 +71,54 @@ def u16_weights(w_VxM):
   return u16_round(max_upscale(w_VxM, axis=1))
 
 
-def _quantile_inputs(w_VxM, a_V, kappa):
-  """Positive-stake rows only, stake renormalised; target min(kappa, total) (spec §5.2)."""
+def _quantile_inputs(w_VxM, a_V):
+  """Positive-stake rows only, their stake renormalised (spec §5.2).
+
+  Returns (w_VxM, a_V, floor_M), floor_M the column minimum over positive-stake rows
+  (+inf for a column with none). Positive means positive on input: a tiny stake may
+  underflow to 0 when renormalised, but its row still takes part.
+  """
   pos_V = a_V > 0
   a_V = normalize(jnp.where(pos_V, a_V, 0).astype(w_VxM.dtype))
   # Zero-stake rows carry no stake; zeroing their entries keeps them from being picked at
   # kappa = 0. Subnormals are flushed to 0 because XLA CPU compares them as 0 anyway.
   tiny = jnp.finfo(w_VxM.dtype).tiny
   w_VxM = jnp.where(pos_V[:, None] & (w_VxM >= tiny), w_VxM, 0)
-  return w_VxM, a_V
+  floor_M = jnp.min(jnp.where(pos_V[:, None], w_VxM, jnp.inf), axis=0)
+  return w_VxM, a_V, floor_M
 
 
-def _quantile_sort(w_VxM, a_V, kappa):
+def _qualifies(c, stake_ge, floor, kappa):
+  """Whether a candidate value c is at or below the kappa-median (spec §2.1 step 6).
+
+  The spec's test stake(W >= c) >= min(kappa, total) is, in exact arithmetic, "the stake
+  sum reaches kappa, or all positive stake is counted", and the second half is c <=
+  `floor`, the column minimum over positive-stake rows. A min is exact in any reduction
+  order, unlike a float sum: comparing a masked sum with a separately reduced total let
+  one ulp collapse kappa = 1 to 0. At kappa >= 1 only that exact half decides, since a
+  rounded partial sum can reach 1 before the last positive row and skip the minimum.
+  """
+  return (c <= floor) | ((stake_ge >= kappa) & (kappa < 1))
+
+
+def _quantile_sort(w_VxM, a_V, floor_M, kappa):
   a_VxM = jnp.broadcast_to(a_V[:, None], w_VxM.shape)
   neg_sorted, a_sorted = jax.lax.sort((-w_VxM, a_VxM), dimension=0, num_keys=1)
   cum_VxM = jnp.cumsum(a_sorted, axis=0)
-  target_M = jnp.minimum(jnp.asarray(kappa, w_VxM.dtype), cum_VxM[-1])
-  first_M = jnp.argmax(cum_VxM >= target_M[None, :], axis=0)
+  # With ties, v_k <= floor may hold while a positive row of the same value follows k;
+  # the value read is the same, so the first qualifying index still gives the median.
+  ok_VxM = _qualifies(-neg_sorted, cum_VxM, floor_M[None, :], kappa)
+  first_M = jnp.argmax(ok_VxM, axis=0)
   return -jnp.take_along_axis(neg_sorted, first_M[None, :], axis=0)[0]
 
 
-def _quantile_bisect(w_VxM, a_V, kappa):
+def _quantile_bisect(w_VxM, a_V, floor_M, kappa):
   # For w >= 0 the float order equals the integer order of the bit patterns, so a binary
-  # search over bits finds max{w : stake(W >= w) >= target} exactly. That maximum is
-  # always one of the column's values: stake(W >= w) only steps down just above a value.
+  # search over bits finds max{w : w qualifies} exactly. That maximum is always one of
+  # the column's values: both halves of the test only change just above a value.
   idt = jnp.int32 if w_VxM.dtype == jnp.float32 else jnp.int64
-  total = jnp.sum(a_V)
-  target = jnp.minimum(jnp.asarray(kappa, w_VxM.dtype), total)
   w_MxV = w_VxM.T  # reduce along the contiguous axis
-  lo_M = jnp.zeros((w_VxM.shape[1],), idt)  # invariant: stake(W >= lo) >= target
+  lo_M = jnp.zeros((w_VxM.shape[1],), idt)  # invariant: lo qualifies (0 always does)
   hi_M = jax.lax.bitcast_convert_type(jnp.max(w_VxM, axis=0), idt)
 
   def body(carry):
@@ -107,7 +126,7 @@ def _quantile_bisect(w_VxM, a_V, kappa):
     mid_M = lo_M + (hi_M - lo_M + 1) // 2
     mid_f = jax.lax.bitcast_convert_type(mid_M, w_VxM.dtype)
     stake_M = jnp.sum(jnp.where(w_MxV >= mid_f[:, None], a_V[None, :], 0), axis=1)
-    ok_M = stake_M >= target
+    ok_M = _qualifies(mid_f, stake_M, floor_M, kappa)
     return jnp.where(ok_M, mid_M, lo_M), jnp.where(ok_M, hi_M, mid_M - 1)
 
   lo_M, _ = jax.lax.while_loop(lambda c: jnp.any(c[0] < c[1]), body, (lo_M, hi_M))
@@ -121,14 +140,21 @@ def stake_weighted_quantile(w_VxM, a_V, kappa, method: str = "bisect"):
   """kappa-stake-weighted median per column (spec §2.1 step 6, §5.2).
 
   c_j = max{ w : sum_i a_i [W_ij >= w] >= kappa }, over positive-stake rows only, whose
-  stake is renormalised to sum 1, compared against min(kappa, total) so that kappa = 1
-  gives the column minimum despite rounding; with no positive stake c = 0. Ties resolve as
-  on chain: stake(W >= c) >= kappa and stake(W > c) < kappa.
+  stake is renormalised to sum 1; with no positive stake c = 0. Ties resolve as on chain:
+  stake(W >= c) >= kappa and stake(W > c) < kappa.
+
+  The spec compares with min(kappa, total) so that kappa = 1 gives the column minimum
+  despite rounding. Here a value qualifies when its stake sum reaches kappa (for kappa <
+  1) or when no positive-stake row of the column lies below it. In exact arithmetic that
+  is the same test; in floats the second half is a boolean, so kappa = 1 gives exactly the
+  column minimum over positive-stake rows whatever the reduction order, and kappa = 0
+  the column maximum.
 
   Two exact methods give identical results (tests check it bit for bit):
   * "sort" (spec §5.2): sort each column descending carrying the stakes, take the
-    cumulative stake, and read the value at the first index that reaches the target; with
-    a descending sort that index carries the largest qualifying value.
+    cumulative stake, and read the value at the first index that qualifies (cumulative
+    stake reaches kappa, or the value is the column minimum over positive-stake rows);
+    with a descending sort that index carries the largest qualifying value.
   * "bisect": binary search over the float bit patterns, one masked stake sum per step
     (31 steps in float32). About 3x faster than XLA's sort on CPU at 256 x 4096.
 
@@ -150,11 +176,12 @@ def stake_weighted_quantile(w_VxM, a_V, kappa, method: str = "bisect"):
 
 def stake_weighted_quantile_core(w_VxM, a_V, kappa, method: str = "bisect"):
   """`stake_weighted_quantile` without input checks (inside the epoch)."""
-  w_VxM, a_V = _quantile_inputs(w_VxM, a_V, kappa)
+  w_VxM, a_V, floor_M = _quantile_inputs(w_VxM, a_V)
+  kappa = jnp.asarray(kappa, w_VxM.dtype)
   if method == "sort":
-    return _quantile_sort(w_VxM, a_V, kappa)
+    return _quantile_sort(w_VxM, a_V, floor_M, kappa)
   if method == "bisect":
-    return _quantile_bisect(w_VxM, a_V, kappa)
+    return _quantile_bisect(w_VxM, a_V, floor_M, kappa)
   raise ValueError(f"method: {method!r} is not 'sort' or 'bisect'")
 
 

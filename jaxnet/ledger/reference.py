@@ -106,10 +106,10 @@ def epoch_numpy(W, S, B_prev=None, params: YumaConfig = YumaConfig(), masks=None
 
 
 def epoch_2020_numpy(W, S, rho=10.0, kappa=0.5):
-  """The 2020 epoch (spec §1.2) in float64 NumPy."""
+  """The 2020 epoch (spec §1.2) in float64 NumPy; rows of W are normalised (row-stochastic)."""
   W, S = np.asarray(W, np.float64), np.asarray(S, np.float64)
   s = _normalize(S)
-  rank = s @ W
+  rank = s @ _normalize(W, axis=1)
   trust = s @ (W > 0)
   cons = 1 / (1 + np.exp(-rho * (trust - kappa)))
   return dict(rank=rank, trust=trust, consensus=cons, incentive=_normalize(rank * cons))

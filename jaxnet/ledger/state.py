@@ -26,16 +26,14 @@ import numpy as np
 
 from jaxnet.ledger import ops
 from jaxnet.ledger.bittensor import legacy_epoch_2020_core
-from jaxnet.ledger.config import LedgerConfig, YumaConfig
+from jaxnet.ledger.config import INT32_SAFE, LedgerConfig, YumaConfig
 from jaxnet.ledger.validate import (LedgerInputError, check_config, check_count,
                                    check_epoch_inputs, check_mask, check_mask_sequence,
-                                   check_masks, check_matrix, check_scalar, check_vector,
-                                   shape_of)
-from jaxnet.ledger.yuma import (EpochMasks, EpochOut, default_masks, epoch_core, hyper_of,
-                                static_of, stored_bonds_core)
-
-# Integer totals stay below 2**30 so float rounding of a total never overflows int32.
-INT32_SAFE = 2**30
+                                   check_masks, check_matrix, check_scalar, check_sequence,
+                                   check_vector, shape_of)
+# `first_permits` is the epoch's step 3, so it lives in yuma.py (imported here as before).
+from jaxnet.ledger.yuma import (EpochMasks, EpochOut, default_masks, epoch_core, first_permits,
+                                hyper_of, static_of, stored_bonds_core)
 
 
 def int_dtype():
@@ -99,6 +97,7 @@ def run(W, S0, params: YumaConfig = YumaConfig(), *, B0=None, masks: EpochMasks 
     check_count(epochs, "epochs")
     w0 = W
   elif W.ndim == 3:
+    check_sequence(W)
     epochs, w0 = W.shape[0], W[0]
   else:
     raise LedgerInputError(f"W: expected [V, M] or [T, V, M], got shape {W.shape}")
@@ -115,16 +114,6 @@ def run(W, S0, params: YumaConfig = YumaConfig(), *, B0=None, masks: EpochMasks 
     permit0 = first_permits(S0, params)
   return _run_jit(W, S0, B0, masks, jnp.asarray(emission, W.dtype), jnp.asarray(permit0, bool),
                   hyper_of(params, True), static_of(params), compound, epochs)
-
-
-def first_permits(S, params: YumaConfig):
-  """The permit set a first epoch would store (spec §2.1 step 3)."""
-  check_vector(S, "S")
-  check_config(params, YumaConfig, "params")
-  s = ops.normalize(jnp.asarray(S, jnp.result_type(float)))
-  owner = jnp.arange(s.shape[0]) == params.owner
-  s = jnp.where((jnp.asarray(S) >= params.stake_threshold) | owner, s, 0.0)
-  return ops.topk_nonzero(s, params.max_validators) | owner
 
 
 def _run_core(W, S0, B0, masks, emission, permit0, hyper, params, compound, epochs):
@@ -328,6 +317,7 @@ def run_ledger(state: LedgerState, W, config: LedgerConfig, *, masks=None,
     check_count(epochs, "epochs")
     check_matrix(W, "W", (V, M))
   elif W.ndim == 3:
+    check_sequence(W)
     epochs = W.shape[0]
     check_matrix(W.reshape(-1, M), "W", (epochs * V, M))
   else:

@@ -31,9 +31,15 @@ _shape = shape_of
 
 
 def check_matrix(x, name: str, shape: tuple | None = None, *, unit: bool = False):
-  """A finite, non-negative matrix (weights or bonds); `unit` also requires entries <= 1."""
+  """A finite, non-negative, non-empty matrix (weights or bonds); `unit` also requires
+  entries <= 1."""
   if len(_shape(x)) != 2:
     raise LedgerInputError(f"{name}: expected a 2-D [rows, cols] array, got shape {_shape(x)}")
+  if 0 in _shape(x):
+    # No validators or no miners: the normalisations and the kappa-median have nothing
+    # to act on, and the runners would fail later with an unrelated error.
+    raise LedgerInputError(f"{name}: empty shape {_shape(x)}; needs at least one row and "
+                           "one column")
   if shape is not None and _shape(x) != tuple(shape):
     raise LedgerInputError(f"{name}: shape {_shape(x)} does not match expected {tuple(shape)}")
   if _concrete(x):
@@ -50,9 +56,12 @@ def check_matrix(x, name: str, shape: tuple | None = None, *, unit: bool = False
 
 
 def check_vector(x, name: str, length: int | None = None, of: str = "rows of W"):
-  """A finite, non-negative vector (stake); `length` is that of `of`, for the message."""
+  """A finite, non-negative, non-empty vector (stake); `length` is that of `of`, for the
+  message."""
   if len(_shape(x)) != 1:
     raise LedgerInputError(f"{name}: expected a 1-D array, got shape {_shape(x)}")
+  if _shape(x)[0] == 0:
+    raise LedgerInputError(f"{name}: empty (length 0); needs at least one entry")
   if length is not None and _shape(x)[0] != length:
     raise LedgerInputError(f"{name}: length {_shape(x)[0]} does not match {length} {of}")
   if _concrete(x):
@@ -94,6 +103,13 @@ def check_scalar(x, name: str, upper: float | None = None, *, integer: bool = Fa
       raise LedgerInputError(f"{name}: must be finite and {bound}, got {v}")
     if integer and v != round(v):
       raise LedgerInputError(f"{name}: must be a whole number, got {v}")
+
+
+def check_sequence(W, name: str = "W"):
+  """A [T, rows, cols] weight sequence with T >= 1 (the runners read block 0's shape)."""
+  if _shape(W)[0] == 0:
+    raise LedgerInputError(f"{name}: empty sequence of shape {_shape(W)}; needs at least "
+                           "one epoch")
 
 
 def check_count(x, name: str):

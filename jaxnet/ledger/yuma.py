@@ -106,9 +106,39 @@ class Hyper(NamedTuple):
 
 
 def hyper_of(p: YumaConfig, as_arrays: bool = False) -> Hyper:
-  """The numeric fields of `p` (python floats, or float32 arrays with `as_arrays`)."""
+  """The numeric fields of `p` (python floats, or arrays of the default float dtype).
+
+  Arrays take the default float dtype (spec §5.1): float64 under `jax_enable_x64`, so
+  `epoch`/`run` (arrays) and the ledger (python floats) use the same kappa and alpha;
+  float32 hyperparameters in an x64 run flipped exact ties between them.
+  """
   h = Hyper(*(getattr(p, f) for f in Hyper._fields))
-  return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), h) if as_arrays else h
+  if not as_arrays:
+    return h
+  dt = jnp.result_type(float)
+  return jax.tree.map(lambda x: jnp.asarray(x, dt), h)
+
+
+def _permits(S_V, stake_threshold, max_validators: int, owner: int):
+  """(s, new permit set) from raw stake (spec §2.1 steps 2-3), shared by the epoch and
+  `first_permits` so that both pick the same set, ties included."""
+  owner_V = jnp.arange(S_V.shape[0]) == owner  # all False when owner = -1
+  s_V = ops.normalize(jnp.where((S_V >= stake_threshold) | owner_V, S_V, 0.0))
+  return s_V, ops.topk_nonzero(s_V, max_validators) | owner_V
+
+
+def first_permits(S, params: YumaConfig):
+  """The permit set a first epoch would store (spec §2.1 step 3): the top-k non-zero
+  stakes after the stake threshold, plus the owner. Raises `LedgerInputError`."""
+  check_vector(S, "S")
+  check_config(params, YumaConfig, "params")
+  return first_permits_core(S, params)
+
+
+def first_permits_core(S, params: YumaConfig):
+  """`first_permits` without input checks."""
+  S_V = jnp.asarray(S, jnp.result_type(float))
+  return _permits(S_V, params.stake_threshold, params.max_validators, params.owner)[1]
 
 
 def static_of(p: YumaConfig) -> YumaConfig:
@@ -193,6 +223,8 @@ def epoch_core(W, S, B_prev=None, params: YumaConfig = YumaConfig(), masks=None,
 
   `params` supplies the static switches (layout, yuma3, liquid_alpha, u16, median,
   max_validators, owner); the numbers come from `hyper` if given, else from `params`.
+  With `masks` None everyone is active and the permit set is the one this epoch stores,
+  i.e. what a first epoch would have (as `epoch` and `run` use).
   """
   p = params
   h = hyper_of(p) if hyper is None else hyper
@@ -201,16 +233,19 @@ def epoch_core(W, S, B_prev=None, params: YumaConfig = YumaConfig(), masks=None,
   dt = w_VxM.dtype
   S_V = jnp.asarray(S, dt)
   b_prev_VxM = jnp.zeros((V, M), dt) if B_prev is None else jnp.asarray(B_prev, dt)
-  mk = default_masks(V, M) if masks is None else masks
   owner_V = jnp.arange(V) == p.owner  # all False when owner = -1
   # u16 mode: Kappa and BondsPenalty are u16 hyperparameters on chain (§2.2, §5.1).
   kappa = _u16_param(h.kappa) if p.u16 else h.kappa
   beta = _u16_param(h.bonds_penalty) if p.u16 else h.bonds_penalty
 
   # Step 2: stake threshold (owner exempt), normalised stake.
-  s_V = ops.normalize(jnp.where((S_V >= h.stake_threshold) | owner_V, S_V, 0.0))
   # Step 3: new permits for the next epoch; this epoch masks with the previous set.
-  new_permit_V = ops.topk_nonzero(s_V, p.max_validators) | owner_V
+  s_V, new_permit_V = _permits(S_V, h.stake_threshold, p.max_validators, p.owner)
+  if masks is None:
+    # No previous set given: the first epoch's (spec §2.1 step 3), as `run` starts with.
+    mk = default_masks(V, M)._replace(permit=new_permit_V)
+  else:
+    mk = masks
   permit_V = mk.permit.astype(bool)
   # Step 4: active stake.
   a_V = ops.normalize(jnp.where(mk.active.astype(bool) & permit_V, s_V, 0.0))
@@ -270,7 +305,9 @@ def epoch(W, S, B_prev=None, params: YumaConfig = YumaConfig(), masks: EpochMask
     S: [V] stake, >= 0, any scale.
     B_prev: [V, M] bonds from the previous epoch (`stored_bonds` of it), or None for none.
     params: a `YumaConfig` (static).
-    masks: `EpochMasks`, or None for all active/permitted.
+    masks: `EpochMasks`, or None: everyone active, nothing outdated or newly registered,
+      and the permit set a first epoch would have (`first_permits(S, params)`, spec §2.1
+      step 3), so zero-stake rows are not permitted, as in `run` and on chain.
     emission: E, the epoch's emission to split (owner cut already removed).
   Raises:
     LedgerInputError: negative or non-finite values, or mismatched shapes.
@@ -281,7 +318,7 @@ def epoch(W, S, B_prev=None, params: YumaConfig = YumaConfig(), masks: EpochMask
   if B_prev is None:
     B_prev = jnp.zeros((V, M), jnp.result_type(float))
   if masks is None:
-    masks = default_masks(V, M)
+    masks = default_masks(V, M)._replace(permit=first_permits_core(S, params))
   return _epoch_jit(W, S, B_prev, static_of(params), masks, emission, hyper_of(params, True))
 
 

@@ -1,6 +1,8 @@
 """Simulation section of the config: who the peers are and how the network runs."""
 from __future__ import annotations
 
+from typing import Literal
+
 from jaxnet.configbase import require, static_config
 
 BEHAVIOURS = ("honest", "free_rider", "zeros", "copier", "noise", "malformed", "late", "early",
@@ -32,8 +34,16 @@ class SimConfig:
   sybil_uids_per_operator: int = 3  # sybil group: one computation uploaded under n uids
   degraded_max: float = 0.9        # degraded peer j of K replaces (j+1)/K * this of its chunks
                                    # with noise: honest peers of graded true contribution
-  validators: int = 1              # validators with stake (ledger input)
+  validators: int = 1              # validators with stake, each with its own Gauntlet state
   validator_stake: tuple[float, ...] = (1.0,)  # stake of each validator (one per validator)
+  validator_behaviours: tuple[str, ...] = ()  # one per validator (empty = all honest):
+                                   # honest, sampled[:K], copier[:consensus|:V], lazy[:uniform|
+                                   # :stale], colluding, offline (jaxnet.sim.validators)
+  validator_seeds: Literal["independent", "shared"] = "independent"  # each validator's own
+                                   # random pages and keys from (seed, validator, window), or
+                                   # validator 0's for all (they then agree but for behaviour)
+  coalition_uids: tuple[int, ...] = ()  # the miners colluding validators boost
+  collusion_boost: float = 1.0     # share of a colluding validator's row moved onto them
   ledger_every: int = 5            # rounds between ledger epochs, each on that round's
                                    # weights (the chain's tempo; 0 = no ledger)
   storage: str = "memory"          # "memory" or a directory path for the local backend
@@ -52,13 +62,23 @@ class SimConfig:
     require(self.desync_every >= 2, "sim.desync_every", "must be >= 2")
     require(self.validators >= 1, "sim.validators", "must be >= 1")
     require(len(self.validator_stake) == self.validators, "sim.validator_stake",
-            f"needs {self.validators} entries")
+            f"needs {self.validators} entries (one per validator), got "
+            f"{len(self.validator_stake)}")
     require(all(s >= 0 for s in self.validator_stake), "sim.validator_stake", "must be >= 0")
     require(self.ledger_every >= 0, "sim.ledger_every", "must be >= 0")
     require(0.0 <= self.degraded_max <= 1.0, "sim.degraded_max", "must be in [0, 1]")
     require(0.0 <= self.partial_copy_fraction <= 1.0, "sim.partial_copy_fraction",
             "must be in [0, 1]")
     require(self.copy_scale > 0, "sim.copy_scale", "must be positive")
+    require(not self.validator_behaviours or len(self.validator_behaviours) == self.validators,
+            "sim.validator_behaviours",
+            f"needs {self.validators} entries (one per validator) or none")
+    from jaxnet.sim.validators import parse_behaviour   # here: that module imports this one
+    for i, b in enumerate(self.validator_behaviours):
+      parse_behaviour(b, i, self.validators, f"sim.validator_behaviours[{i}]")
+    require(all(0 <= u < total for u in self.coalition_uids), "sim.coalition_uids",
+            f"every uid must be in [0, {total})")
+    require(0.0 <= self.collusion_boost <= 1.0, "sim.collusion_boost", "must be in [0, 1]")
 
   def degraded_fraction(self) -> list[float]:
     """Per uid: the fraction of chunks a degraded peer replaces with noise (0 otherwise)."""
@@ -72,6 +92,13 @@ class SimConfig:
       else:
         out.append(0.0)
     return out
+
+  def validator_kinds(self) -> list[tuple[str, int]]:
+    """(kind, argument) of every validator (jaxnet.sim.validators.parse_behaviour)."""
+    from jaxnet.sim.validators import parse_behaviour
+    beh = self.validator_behaviours or ("honest",) * self.validators
+    return [parse_behaviour(b, i, self.validators, f"sim.validator_behaviours[{i}]")
+            for i, b in enumerate(beh)]
 
   def behaviours(self) -> list[str]:
     """Behaviour of every uid, in uid order."""

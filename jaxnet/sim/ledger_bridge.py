@@ -1,11 +1,10 @@
 """Ledger epochs inside the network loop: validators' weights -> emission (bittensor.md).
 
-Every `sim.ledger_every` rounds the validators' weight rows (the Gauntlet weights of each
-validator over the N peer uids, set just before the epoch) go through one epoch of the
-configured mechanism and the integer ledger pays miners and validators. With
-`ledger_every = 0` the network runs without a ledger. Validators here are honest and see
-the same inputs, so their rows agree; the collusion experiment drives the ledger directly
-with dissenting rows.
+Every `sim.ledger_every` rounds (the chain's tempo) each validator sets the row its
+behaviour says, through commit-reveal (`ledger.reveal_period` tempos), and the integer
+ledger pays miners and validators for one epoch of the configured mechanism on the rows
+the chain has revealed (`jaxnet.sim.chain.chain_step`). With `ledger_every = 0` the network
+runs without a ledger.
 
 Index layout. Yuma's split layout has V validator rows and N miner columns. The 2020
 mechanism (`ledger.mechanism: bittensor2020`, spec §1.2) and Yuma's combined layout rank
@@ -21,24 +20,30 @@ import numpy as np
 
 from jaxnet.config import Config
 from jaxnet.configbase import ConfigError
-from jaxnet.ledger import LedgerInputError, init_ledger, ledger_step
+from jaxnet.ledger import LedgerInputError, init_ledger
 from jaxnet.ledger.state import _check_headroom
+from jaxnet.ledger.validate import check_matrix
+from jaxnet.sim import chain
 
 STAKE_UNITS = 1_000_000   # integer ledger units per unit of validator stake
 
 
 class LedgerBridge:
-  def __init__(self, cfg: Config, n_miners: int):
+  def __init__(self, cfg: Config, n_miners: int, kinds=None):
     self.cfg, self.n = cfg, n_miners
     self.every = cfg.sim.ledger_every
     self.enabled = self.every > 0
     self.n_validators = cfg.sim.validators
     self.square = (cfg.ledger.mechanism == "bittensor2020"
                    or cfg.ledger.yuma.layout == "combined")
+    kinds = tuple(kinds) if kinds is not None else tuple(cfg.sim.validator_kinds())
+    self.spec = chain.ChainSpec(kinds=kinds, coalition=tuple(cfg.sim.coalition_uids),
+                                boost=float(cfg.sim.collusion_boost), ledger=cfg.ledger,
+                                square=self.square)
     if self.enabled:
       # Integer totals must not wrap within the run: refuse it at start, in one line.
       try:
-        _check_headroom(self.init(), cfg.ledger, cfg.sim.rounds // self.every)
+        _check_headroom(self.init().ledger, cfg.ledger, cfg.sim.rounds // self.every)
       except LedgerInputError as e:
         raise ConfigError(f"sim.rounds: {cfg.sim.rounds} rounds with sim.ledger_every "
                           f"{self.every}: {e}") from None
@@ -48,28 +53,37 @@ class LedgerBridge:
       return {"epochs": jnp.int32(0)}
     units = np.round(np.asarray(self.cfg.sim.validator_stake) * STAKE_UNITS)
     if self.square:
-      return init_ledger(np.concatenate([units, np.zeros(self.n)]), None, self.cfg.ledger)
-    return init_ledger(units, self.n, self.cfg.ledger)
+      ledger = init_ledger(np.concatenate([units, np.zeros(self.n)]), None, self.cfg.ledger)
+    else:
+      ledger = init_ledger(units, self.n, self.cfg.ledger)
+    return chain.init_state(ledger, self.n_validators, self.n, self.cfg.ledger.reveal_period)
 
   def miner_stake(self) -> np.ndarray:
     # peers hold no stake: every uid stays an evaluation candidate (gauntlet.md §6)
     return np.zeros(self.n, np.float32)
 
-  def weight_rows(self, weights_N) -> jnp.ndarray:
-    """The validators' rows: [V, N] (split), or [n, n] with the rows of uids 0..V-1 set."""
-    V = self.n_validators
-    W = jnp.tile(jnp.asarray(weights_N, jnp.float32)[None, :], (V, 1))
-    if self.square:
-      W = jnp.zeros((V + self.n, V + self.n), jnp.float32).at[:V, V:].set(W)
-    return W
+  def validator_stake(self, state) -> np.ndarray:
+    """[V] each validator's stake now (the ledger's units, or the configured stake)."""
+    if not self.enabled:
+      return np.asarray(self.cfg.sim.validator_stake, np.float64)
+    return np.asarray(state.ledger.stake)[:self.n_validators].astype(np.float64)
 
-  def maybe_epoch(self, state, window: int, weights_N):
+  def rows(self, weights) -> np.ndarray:
+    """[V, N] validator rows from [V, N], or one [N] row given to every validator."""
+    w = np.asarray(weights, np.float32)
+    if w.ndim == 1:
+      w = np.broadcast_to(w[None, :], (self.n_validators, w.shape[0]))
+    check_matrix(w, "weights", (self.n_validators, self.n))
+    return w
+
+  def maybe_epoch(self, state, window: int, weights, active_N=None):
+    """At the end of a tempo: one chain step (set weights, commit, reveal, epoch) ->
+    (state, the epoch's log as lists), else (state, None)."""
     if not self.enabled or (window + 1) % self.every:
       return state, None
-    state, rec = ledger_step(state, self.weight_rows(weights_N), self.cfg.ledger)
-    server, validator = np.asarray(rec.server_units), np.asarray(rec.validator_units)
-    if self.square:   # one index: validators first, then the peers
-      paid, V = server + validator, self.n_validators
-      server, validator = paid[V:], paid[:V]
-    return state, {"epoch": int(rec.epoch), "minted": int(rec.minted), "owner": int(rec.owner),
-                   "miner_units": server.tolist(), "validator_units": validator.tolist()}
+    active_N = np.ones(self.n, bool) if active_N is None else np.asarray(active_N, bool)
+    _check_headroom(state.ledger, self.cfg.ledger, 1)
+    state, log = chain.chain_step_jit(state, jnp.asarray(self.rows(weights)),
+                                      jnp.asarray(active_N), spec=self.spec)
+    out = {k: np.asarray(v).tolist() for k, v in log.items()}
+    return state, out

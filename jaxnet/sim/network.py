@@ -29,8 +29,9 @@ from jaxnet import loop
 from jaxnet.loop import Task
 from jaxnet.config import Config, to_dict
 from jaxnet.gauntlet import collect, fast
-from jaxnet.gauntlet.validator import ValidatorState, init_state as init_validator
+from jaxnet.gauntlet.validator import ValidatorState
 from jaxnet.sim import adversaries
+from jaxnet.sim.validators import ValidatorSet
 from jaxnet.sim.storage import ObjectTooLarge, debug_name, gradient_name, make_storage
 from jaxnet.submission import Submission, SubmissionError, max_upload_bytes
 from jaxnet.train import check_vocab
@@ -60,9 +61,9 @@ class NetState(NamedTuple):
   outer: Any               # the scheme's outer optax state (its count is the round)
   peers: Any               # [N] per-uid scheme state (DeMo momentum, inner AdamW, EF buffer)
   stale_params: Any        # θ of the desynced nodes (they skip outer steps)
-  validator: ValidatorState
+  validator: ValidatorState  # [V] stacked: every validator's state (jaxnet.sim.validators)
   prev_subs: Submission    # [N] last round's own computations (for replay)
-  ledger: Any              # ledger state (None-free pytree; see jaxnet.ledger)
+  ledger: Any              # the chain: ledger, commit-reveal, activity (jaxnet.sim.chain)
   window: jax.Array        # () int32: next round to run
 
 
@@ -86,7 +87,8 @@ class Network:
     self.scheme.check_config()
     self.layout = self.scheme.make_layout(jmodel.abstract_params(cfg.model),
                                           n_pages=cfg.data.pages_per_window)
-    self.validator = collect.Validator(cfg, self.layout, self.n, self.mesh)
+    self.validator = collect.Validator(cfg, self.layout, self.n, self.mesh)   # parses uploads
+    self.validators = ValidatorSet(cfg, self.layout, self.n, self.mesh)
     # objects live under this run's id: another run's uploads in a reused directory are unseen
     self.storage = make_storage(cfg.sim.storage, run_id=run_id)
     self.desync = np.array([b == "desync" for b in self.behaviours])
@@ -98,7 +100,7 @@ class Network:
     self._val_loss = partial(_loss, cfg=cfg.model)
     self.val_batch = self.corpus.held_out()
     from jaxnet.sim import ledger_bridge
-    self.ledger = ledger_bridge.LedgerBridge(cfg, self.n)
+    self.ledger = ledger_bridge.LedgerBridge(cfg, self.n, self.validators.kinds)
 
   # ------------------------------------------------------------------ state
   def init_state(self) -> NetState:
@@ -107,7 +109,7 @@ class Network:
     prev = jax.tree.map(lambda x: np.broadcast_to(x, (self.n,) + x.shape).copy(), zero)
     return NetState(params, self.scheme.outer().init(params),
                     peer.init_states(params, self.n, self.cfg), params,
-                    init_validator(self.n, self.cfg.gauntlet), prev, self.ledger.init(),
+                    self.validators.init_state(), prev, self.ledger.init(),
                     jnp.int32(0))
 
   def place(self, st: NetState) -> NetState:
@@ -163,7 +165,8 @@ class Network:
     return subs, states, peer_losses
 
   def validator_inputs(self, w: int, salt: int = 0):
-    """What the validator reads for round w: only the storage, plus its own data."""
+    """What a validator reads for round w: only the storage, plus its own data (its random
+    pages drawn with `salt`)."""
     n, boundary = self.n, (w + 1) * WINDOW_S
     limit = max_upload_bytes(self.layout)   # bounded before anything is read
     got = [self._fetch(gradient_name(w, u), limit) for u in range(n)]
@@ -190,14 +193,30 @@ class Network:
   def round_key(self, w: int, salt: int = 0):
     return jax.random.fold_in(jax.random.fold_in(jax.random.key(self.cfg.sim.seed), w), salt)
 
+  def validator_randomness(self, w: int, inputs):
+    """Every validator's random batch [V, B, L] and key [V]: salt v (independent) or 0."""
+    g = self.cfg.gauntlet
+    by_salt = {0: inputs.rand}
+    for s in set(self.validators.salts.tolist()) - {0}:
+      by_salt[s] = collect.random_batch(self.corpus, w, g.sample_rate, self.cfg.sim.seed, s)
+    rand_V = {k: np.stack([np.asarray(by_salt[s][k]) for s in self.validators.salts])
+              for k in inputs.rand}
+    keys_V = jnp.stack([self.round_key(w, int(s)) for s in self.validators.salts])
+    return rand_V, keys_V
+
   def run_round(self, st: NetState) -> tuple[NetState, dict]:
     cfg = self.cfg
     w = int(st.window)
     lr_t = self.scheme.step_size(w)
     subs, states, peer_losses = self.upload(st, w, lr_t)
     inputs, reasons = self.validator_inputs(w)
-    vstate, report = self.validator.round(st.validator, inputs, st.params, w, lr_t, self.round_key(w))
-    report = {k2: np.asarray(v) for k2, v in report.items()}
+    rand_V, keys_V = self.validator_randomness(w, inputs)
+    vstate, reports = self.validators.round(st.validator, inputs, rand_V, st.params, w, lr_t,
+                                            keys_V)
+    reports = {k2: np.asarray(v) for k2, v in reports.items()}
+    # the gather list (and the report shown) of the highest-stake running validator
+    lead = self.validators.lead(self.ledger.validator_stake(st.ledger))
+    report = {k2: v[lead] for k2, v in reports.items()}
     report["reason"] = collect.explain(report, reasons)
     # ---- aggregate the valid gather peers, outer step on every node
     direction = self._agg(inputs.subs, jnp.asarray(report["gather_valid"]))
@@ -205,10 +224,12 @@ class Network:
     # a desynced node applies only every desync_every-th step (with the honest outer state)
     stale = (self._outer(st.stale_params, st.outer, direction)[0]
              if w % cfg.sim.desync_every == 0 else st.stale_params)
-    ledger_state, ledger_log = self.ledger.maybe_epoch(st.ledger, w, report["weight"])
+    ledger_state, ledger_log = self.ledger.maybe_epoch(st.ledger, w, reports["weight"],
+                                                       inputs.present)
     new = NetState(params, outer_state, states, stale, vstate, jax.tree.map(jnp.asarray, subs),
                    ledger_state, jnp.int32(w + 1))
     metrics = self._metrics(w, new, report, peer_losses, float(lr_t), ledger_log)
+    metrics.update(lead_validator=lead, validator_weights=reports["weight"].round(6).tolist())
     return new, metrics
 
   def _metrics(self, w, st, report, peer_losses, lr_t, ledger_log) -> dict:
@@ -255,6 +276,8 @@ def simulate(cfg: Config, *, progress: bool = True, devices=None, stop_after: in
     net = built["net"] = Network(cfg, devices, run_id=run_id)
     if shd.is_main_process():   # the labels beside the run, for `jaxnet report`
       (Path(cfg.train.out_dir) / "behaviours.json").write_text(json.dumps(net.behaviours))
+      (Path(cfg.train.out_dir) / "validators.json").write_text(json.dumps(
+          [f"{k}:{a}" if k in ("sampled", "copier", "lazy") else k for k, a in net.validators.kinds]))
     return Task(state=net.init_state(), total=cfg.sim.rounds, step=lambda st, w: net.run_round(st),
                 host=lambda s, m: dict(m), loss_key="val_loss", unit="round",
                 from_checkpoint=lambda t: NetState(*t), place=net.place,

@@ -1,0 +1,109 @@
+"""A coalition of validators with 10-60 % of the stake boosting its own miners inside the
+live Gauntlet network: the coalition miners' emission share against its stake share.
+
+  python experiments/validator_collusion.py [--seeds 0 1 2] [--draws 16]
+
+Claim (bittensor.md §3 items 1 and 3): below kappa (about 0.5) of the stake a coalition's
+weight on its own miners is clipped to the honest median, so they earn next to nothing;
+above it the coalition sets the median. Each seed records a live sim-tiny network with 10
+validators (`_validators.record`); the chain replays it with the 6 full validators honest
+and the 4 others colluding: each puts all its weight on the coalition's miners (the noise
+and free-rider uids, which train nothing), reveal period 1 (the chain default). Stakes
+~ N(1, 0.3^2) per validator, rescaled to the swept coalition share (`--draws` draws,
+vmapped with the seeds in one call per Yuma version). Unlike `collusion_sweep.py`, the
+honest rows are the Gauntlet validators' own weights from a training network, not made up.
+Writes results/validator_collusion.{json,png}.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from _common import out_paths, spread, write_json
+from _validators import FULL, SAMPLED, record, replay, stake_draws
+from jaxnet.ledger import LedgerConfig, YumaConfig
+from jaxnet.sim import chain
+
+SHARES = (0.1, 0.2, 0.3, 0.4, 0.45, 0.5, 0.55, 0.6)
+COALITION_MINERS = ("noise", "free_rider")
+SKIP = 1   # epoch 0 pays by stake (nothing revealed yet at reveal period 1)
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__)
+  ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+  ap.add_argument("--draws", type=int, default=16)
+  args = ap.parse_args(argv)
+  recs = [record(s) for s in args.seeds]
+  rows = np.stack([r["rows"] for r in recs])
+  present = np.stack([r["present"] for r in recs])
+  beh = recs[0]["behaviours"]
+  miners = tuple(u for u, b in enumerate(beh) if b in COALITION_MINERS)
+  V = FULL + SAMPLED
+  honest, coal = list(range(FULL)), list(range(FULL, V))
+  kinds = tuple([("honest", 0)] * FULL + [("colluding", 0)] * SAMPLED)
+  rng = np.random.default_rng(0)
+  out = {"seeds": args.seeds, "draws": args.draws, "shares": SHARES,
+         "coalition_miners": miners, "coalition_miner_behaviours": COALITION_MINERS,
+         "epochs": int(rows.shape[1]), "skip_epochs": SKIP, "yuma": {}}
+  t0 = time.perf_counter()
+  for yname, y in (("yuma2", YumaConfig()), ("yuma3+liquid", YumaConfig(yuma3=True,
+                                                                        liquid_alpha=True))):
+    spec = chain.ChainSpec(kinds=kinds, coalition=miners, boost=1.0, square=False,
+                           ledger=LedgerConfig(yuma=y, reveal_period=1))
+    res = []
+    for x in SHARES:
+      stakes = stake_draws(rng, args.draws, [(honest, 1 - x), (coal, x)], V)
+      logs = replay(spec, stakes, rows, present)
+      mu = logs["miner_units"][:, :, SKIP:].astype(np.float64)     # [S, D, T, N]
+      vu = logs["validator_units"][:, :, SKIP:].astype(np.float64)
+      miner_share = mu[..., list(miners)].sum((-1, -2)) / np.maximum(mu.sum((-1, -2)), 1)
+      total = (mu[..., list(miners)].sum((-1, -2)) + vu[..., coal].sum((-1, -2))) / np.maximum(
+          mu.sum((-1, -2)) + vu.sum((-1, -2)), 1)
+      last = mu[:, :, -1][..., list(miners)].sum(-1) / np.maximum(mu[:, :, -1].sum(-1), 1)
+      res.append({"stake_share": x, "miner_share": spread(miner_share.mean(1)),
+                  "miner_share_last_epoch": spread(last.mean(1)),
+                  "coalition_total_share": spread(total.mean(1)),
+                  "miner_share_draw_max": float(miner_share.max())})
+      print(f"{yname:13s} coalition stake {x:.2f}: its miners get "
+            f"{miner_share.mean():.4f} of miner emission (last epoch {last.mean():.4f}); "
+            f"coalition total {total.mean():.4f}")
+    out["yuma"][yname] = res
+  out["seconds_replay"] = time.perf_counter() - t0
+  below = [r for y in out["yuma"].values() for r in y if r["stake_share"] < 0.5]
+  out["claim_below_half_earns_less_than_stake"] = all(
+      r["miner_share"]["max"] < r["stake_share"] for r in below)
+  json_path, png_path = out_paths("validator_collusion")
+  write_json(json_path, out)
+  plot(out, png_path)
+
+
+def plot(out: dict, path) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for i, (yname, res) in enumerate(out["yuma"].items()):
+    x = [r["stake_share"] for r in res]
+    for key, ls in (("miner_share", "-"), ("coalition_total_share", "--")):
+      m = [r[key]["mean"] for r in res]
+      lo = [r[key]["min"] for r in res]
+      hi = [r[key]["max"] for r in res]
+      ax.errorbar(x, m, yerr=[np.subtract(m, lo), np.subtract(hi, m)], ls=ls, marker=".",
+                  color=f"C{i}", capsize=2,
+                  label=f"{yname}: {'its miners / miner emission' if key == 'miner_share' else 'coalition / all emission'}")
+  ax.plot([0, 0.65], [0, 0.65], color="k", lw=0.5, label="= stake share")
+  ax.axvline(0.5, color="grey", lw=0.5)
+  ax.set_xlabel("coalition stake share")
+  ax.set_ylabel("emission share (mean, min-max over seeds)")
+  ax.legend(fontsize=6)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+  main()

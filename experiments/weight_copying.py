@@ -1,0 +1,115 @@
+"""Does weight copying pay? Dividends per unit stake of a weight copier against honest
+validators, for reveal periods 0, 1, 2 tempos and Yuma 2 / Yuma 3 (+ liquid alpha).
+
+  python experiments/weight_copying.py [--seeds 0 1 2] [--draws 16]
+
+Intended property (bittensor.md §3 item 4): copying does not pay once commit-reveal delays
+what a copier can see. Each seed records a live sim-tiny Gauntlet network with 10
+validators (`_validators.record`, 20 epochs of 2 rounds); the chain replays it with the 5
+first full validators honest and a sixth copying (the stake-weighted consensus of the
+revealed rows, or validator 0's revealed row), 10 % of the stake, the honest 90 % drawn
+~ N(1, 0.3^2) per validator (`--draws` draws, vmapped with the seeds in one call per
+variant). The ratio is the copier's dividends per unit stake over the honest validators'
+(> 1: copying pays), from epoch 2 on (before that no reveal has happened at R = 2).
+Writes results/weight_copying.{json,png}.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+
+import numpy as np
+
+from _common import out_paths, spread, write_json
+from _validators import record, replay, stake_draws
+from jaxnet.ledger import LedgerConfig, YumaConfig
+from jaxnet.sim import chain
+
+HONEST, COPIER, COPIER_SHARE, SKIP = [0, 1, 2, 3, 4], 5, 0.1, 2
+YUMAS = {"yuma2": YumaConfig(), "yuma3": YumaConfig(yuma3=True),
+         "yuma3+liquid": YumaConfig(yuma3=True, liquid_alpha=True)}
+
+
+def ratio(logs) -> np.ndarray:
+  """[S, D] copier dividends per unit stake / honest ones, summed over epochs >= SKIP."""
+  units = logs["validator_units"][:, :, SKIP:].sum(2).astype(np.float64)   # [S, D, V]
+  stake = logs["stake_units"][:, :, 0].astype(np.float64)                    # initial stake
+  per = units / stake
+  return per[..., COPIER] / (units[..., HONEST].sum(-1) / stake[..., HONEST].sum(-1))
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__)
+  ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+  ap.add_argument("--draws", type=int, default=16)
+  args = ap.parse_args(argv)
+  recs = [record(s) for s in args.seeds]
+  V = COPIER + 1
+  rows = np.stack([r["rows"][:, :V, :] for r in recs])
+  present = np.stack([r["present"] for r in recs])
+  stakes = stake_draws(np.random.default_rng(0), args.draws,
+                       [(HONEST, 1 - COPIER_SHARE), ([COPIER], COPIER_SHARE)], V)
+  out = {"seeds": args.seeds, "draws": args.draws, "epochs": int(rows.shape[1]),
+         "copier_share": COPIER_SHARE, "skip_epochs": SKIP, "variants": {}}
+  curves = {}
+  t0 = time.perf_counter()
+  for source, arg in (("consensus", -1), ("validator0", 0)):
+    kinds = tuple([("honest", 0)] * len(HONEST) + [("copier", arg)])
+    for yname, y in YUMAS.items():
+      for R in (0, 1, 2):
+        spec = chain.ChainSpec(kinds=kinds, coalition=(), boost=1.0, square=False,
+                               ledger=LedgerConfig(yuma=y, reveal_period=R))
+        logs = replay(spec, stakes, rows, present)
+        r_SxD = ratio(logs)
+        per_seed = r_SxD.mean(1)
+        key = f"{source}/{yname}/R{R}"
+        out["variants"][key] = {
+            "source": source, "yuma": yname, "reveal_period": R,
+            "ratio": spread(per_seed), "ratio_per_seed": per_seed.tolist(),
+            "ratio_draw_min": float(r_SxD.min()), "ratio_draw_max": float(r_SxD.max()),
+            "copier_pays": bool(per_seed.mean() > 1.0),
+            "copier_vtrust_mean": float(logs["vtrust"][..., SKIP:, COPIER].mean()),
+            "honest_vtrust_mean": float(logs["vtrust"][..., SKIP:, :COPIER].mean())}
+        units = logs["validator_units"].astype(np.float64)
+        stake0 = logs["stake_units"][:, :, :1].astype(np.float64)
+        per_ep = units / stake0   # [S, D, T, V]
+        curves[key] = (per_ep[..., COPIER] / np.maximum(
+            per_ep[..., HONEST].mean(-1), 1e-12)).mean((0, 1))
+        print(f"{key:28s} copier/honest dividends per stake {per_seed.mean():.3f} "
+              f"(seeds {np.round(per_seed, 3).tolist()})")
+  out["seconds_replay"] = time.perf_counter() - t0
+  out["network_seconds"] = [r["seconds"] for r in recs]
+  out["property_holds"] = {
+      y: {f"R{R}": not out["variants"][f"consensus/{y}/R{R}"]["copier_pays"] for R in (0, 1, 2)}
+      for y in YUMAS}
+  json_path, png_path = out_paths("weight_copying")
+  write_json(json_path, out)
+  plot(curves, png_path)
+
+
+def plot(curves: dict, path) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+  for ax, source in zip(axes, ("consensus", "validator0")):
+    for key, c in curves.items():
+      if key.startswith(source):
+        _, y, R = key.split("/")
+        ax.plot(np.arange(len(c)), c, label=f"{y} {R}",
+                ls={"R0": "-", "R1": "--", "R2": ":"}[R],
+                color={"yuma2": "C0", "yuma3": "C1", "yuma3+liquid": "C2"}[y])
+    ax.axhline(1.0, color="k", lw=0.5)
+    ax.set_title(f"copier of the {source}", fontsize=9)
+    ax.set_xlabel("epoch")
+  axes[0].set_ylabel("copier / honest dividends per unit stake")
+  axes[1].legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+  main()
