@@ -28,7 +28,7 @@ from jaxnet.sim import chain
 
 SHARES = (0.1, 0.2, 0.3, 0.4, 0.45, 0.5, 0.55, 0.6)
 COALITION_MINERS = ("noise", "free_rider")
-SKIP = 1   # epoch 0 pays by stake (nothing revealed yet at reveal period 1)
+REVEAL = 1   # reveal period (chain default)
 
 
 def main(argv=None):
@@ -44,21 +44,25 @@ def main(argv=None):
   V = FULL + SAMPLED
   honest, coal = list(range(FULL)), list(range(FULL, V))
   kinds = tuple([("honest", 0)] * FULL + [("colluding", 0)] * SAMPLED)
+  # from the first epoch with every honest validator's first non-empty row revealed (before
+  # it the Gauntlet pays nobody yet and emission falls back to stake)
+  nonempty = (rows[:, :, honest].sum(-1) > 0).all(-1)   # [S, T]
+  start = int(max(np.argmax(ne) for ne in nonempty)) + REVEAL
   rng = np.random.default_rng(0)
   out = {"seeds": args.seeds, "draws": args.draws, "shares": SHARES,
          "coalition_miners": miners, "coalition_miner_behaviours": COALITION_MINERS,
-         "epochs": int(rows.shape[1]), "skip_epochs": SKIP, "yuma": {}}
+         "epochs": int(rows.shape[1]), "first_epoch_measured": start, "yuma": {}}
   t0 = time.perf_counter()
   for yname, y in (("yuma2", YumaConfig()), ("yuma3+liquid", YumaConfig(yuma3=True,
                                                                         liquid_alpha=True))):
     spec = chain.ChainSpec(kinds=kinds, coalition=miners, boost=1.0, square=False,
-                           ledger=LedgerConfig(yuma=y, reveal_period=1))
+                           ledger=LedgerConfig(yuma=y, reveal_period=REVEAL))
     res = []
     for x in SHARES:
       stakes = stake_draws(rng, args.draws, [(honest, 1 - x), (coal, x)], V)
       logs = replay(spec, stakes, rows, present)
-      mu = logs["miner_units"][:, :, SKIP:].astype(np.float64)     # [S, D, T, N]
-      vu = logs["validator_units"][:, :, SKIP:].astype(np.float64)
+      mu = logs["miner_units"][:, :, start:].astype(np.float64)     # [S, D, T, N]
+      vu = logs["validator_units"][:, :, start:].astype(np.float64)
       miner_share = mu[..., list(miners)].sum((-1, -2)) / np.maximum(mu.sum((-1, -2)), 1)
       total = (mu[..., list(miners)].sum((-1, -2)) + vu[..., coal].sum((-1, -2))) / np.maximum(
           mu.sum((-1, -2)) + vu.sum((-1, -2)), 1)

@@ -10,9 +10,10 @@ randomness (`_validators.record`). The chain replays three stake populations: al
 on the full validators, all on the sampled ones, and half each; reveal period 1, Yuma 2
 and Yuma 3 + liquid alpha; stakes ~ N(1, 0.3^2) (`--draws` draws, vmapped with the seeds).
 Per epoch and honest miner with weight (prerank > 0): clipped when the kappa-median cut
-more than 5 % of the stake-weighted weight it was given. "Lost" is the honest miners'
-share of miner emission without clipping (prerank) minus with it (rank): what clipping
-moved from honest miners to others. Writes results/validator_disagreement.{json,png}.
+more than 5 % of the stake-weighted weight it was given. "Lost" is the part of the miners'
+pool (half of what is minted after the owner's cut) that honest miners did not receive:
+paid to other miners, or, in an epoch in which the median clipped every column to 0, paid
+to the validators by stake (the chain's fallback). Writes results/validator_disagreement.{json,png}.
 """
 from __future__ import annotations
 
@@ -27,27 +28,31 @@ from jaxnet.ledger import LedgerConfig, YumaConfig
 from jaxnet.sim import chain
 
 CLIPPED = 0.05   # a miner is "clipped" when the median cut > 5 % of its stake-weighted weight
-SKIP = 1         # epoch 0 pays by stake (nothing revealed yet at reveal period 1)
+REVEAL = 1       # reveal period (chain default)
+MINER_SPLIT = 0.5   # ledger.yuma.miner_split default
 
 
-def measure(logs, honest: np.ndarray) -> dict:
-  pre = logs["prerank"][:, :, SKIP:].astype(np.float64)      # [S, D, T, N]
-  cut = logs["clipped"][:, :, SKIP:].astype(np.float64)
+def measure(logs, honest: np.ndarray, groups: dict, skip: int) -> dict:
+  pre = logs["prerank"][:, :, skip:].astype(np.float64)      # [S, D, T, N]
+  cut = logs["clipped"][:, :, skip:].astype(np.float64)
   has = (pre > 0) & honest
   frac = np.where(has, cut / np.where(pre > 0, pre, 1), 0.0)
   clipped_rate = (frac > CLIPPED).sum((2, 3)) / np.maximum(has.sum((2, 3)), 1)   # [S, D]
   cut_share = (cut * honest).sum((2, 3)) / np.maximum((pre * honest).sum((2, 3)), 1e-12)
-  rank = pre - cut
-  share_pre = (pre * honest).sum(-1) / np.maximum(pre.sum(-1), 1e-12)      # [S, D, T]
-  share_rank = (rank * honest).sum(-1) / np.maximum(rank.sum(-1), 1e-12)
-  mu = logs["miner_units"][:, :, SKIP:].astype(np.float64)
-  honest_emission = (mu * honest).sum((2, 3)) / np.maximum(mu.sum((2, 3)), 1)
+  mu = logs["miner_units"][:, :, skip:].astype(np.float64)
+  # the miners' half of what is minted after the owner's cut (§2.1 step 12)
+  pool = MINER_SPLIT * (logs["minted"] - logs["owner"])[:, :, skip:].astype(np.float64)
+  honest_paid = (mu * honest).sum((2, 3)) / pool.sum(2)
+  no_consensus = (mu.sum(-1) == 0).mean(2)   # epochs whose miner emission fell back to stake
+  vt = logs["vtrust"][:, :, skip:]
   return {"clipped_rate": spread(clipped_rate.mean(1)),
           "honest_weight_cut": spread(cut_share.mean(1)),
-          "honest_emission_lost": spread((share_pre - share_rank).mean((1, 2))),
-          "honest_emission_share": spread(honest_emission.mean(1)),
-          "vtrust_full": float(logs["vtrust"][:, :, SKIP:, :FULL].mean()),
-          "vtrust_sampled": float(logs["vtrust"][:, :, SKIP:, FULL:].mean())}
+          "honest_emission_lost": spread(1.0 - honest_paid.mean(1)),
+          "epochs_without_miner_emission": spread(no_consensus.mean(1)),
+          "honest_share_of_miner_emission": spread(
+              ((mu * honest).sum((2, 3)) / np.maximum(mu.sum((2, 3)), 1)).mean(1)),
+          **{f"vtrust_{g}": float(vt[..., members].mean()) if share > 0 else None
+             for g, (members, share) in groups.items()}}
 
 
 def main(argv=None):
@@ -64,23 +69,30 @@ def main(argv=None):
   kinds = tuple([("honest", 0)] * FULL + [("sampled", 4)] * SAMPLED)
   populations = {"every_peer": [(full, 1.0)], "sampled_4": [(sampled, 1.0)],
                  "half_each": [(full, 0.5), (sampled, 0.5)]}
+  # Measured from the first epoch whose revealed rows are all non-empty for the full
+  # validators on every seed: before it the Gauntlet pays nobody yet (own-page evidence
+  # takes a few evaluations), which is a warm-up, not disagreement.
+  nonempty = (rows[:, :, :FULL].sum(-1) > 0).all(-1)   # [S, T]
+  start = int(max(np.argmax(ne) for ne in nonempty)) + REVEAL
   rng = np.random.default_rng(0)
   out = {"seeds": args.seeds, "draws": args.draws, "clipped_threshold": CLIPPED,
-         "epochs": int(rows.shape[1]), "skip_epochs": SKIP, "results": {}}
+         "epochs": int(rows.shape[1]), "first_epoch_measured": start, "results": {}}
   t0 = time.perf_counter()
   for yname, y in (("yuma2", YumaConfig()), ("yuma3+liquid", YumaConfig(yuma3=True,
                                                                         liquid_alpha=True))):
     spec = chain.ChainSpec(kinds=kinds, coalition=(), boost=1.0, square=False,
-                           ledger=LedgerConfig(yuma=y, reveal_period=1))
+                           ledger=LedgerConfig(yuma=y, reveal_period=REVEAL))
     for pname, groups in populations.items():
       stakes = stake_draws(rng, args.draws, groups, V)
-      m = measure(replay(spec, stakes, rows, present), honest)
+      shares = {"full": (full, sum(sh for g, sh in groups if g is full)),
+                "sampled": (sampled, sum(sh for g, sh in groups if g is sampled))}
+      m = measure(replay(spec, stakes, rows, present), honest, shares, start)
       out["results"][f"{yname}/{pname}"] = m
       print(f"{yname:13s} {pname:10s} honest miners clipped {m['clipped_rate']['mean']:.3f} of "
             f"miner-epochs, weight cut {m['honest_weight_cut']['mean']:.3f}, emission lost "
-            f"{m['honest_emission_lost']['mean']:+.4f}, honest share "
-            f"{m['honest_emission_share']['mean']:.3f}; vtrust full {m['vtrust_full']:.3f} "
-            f"sampled {m['vtrust_sampled']:.3f}")
+            f"{m['honest_emission_lost']['mean']:.4f} (epochs without consensus "
+            f"{m['epochs_without_miner_emission']['mean']:.3f}); vtrust full "
+            f"{m['vtrust_full']} sampled {m['vtrust_sampled']}")
   out["seconds_replay"] = time.perf_counter() - t0
   json_path, png_path = out_paths("validator_disagreement")
   write_json(json_path, out)
@@ -94,16 +106,17 @@ def plot(out: dict, path) -> None:
   keys = list(out["results"])
   fig, axes = plt.subplots(1, 3, figsize=(13, 4))
   for ax, metric, label in zip(axes, ("clipped_rate", "honest_weight_cut",
-                                      "honest_emission_share"),
+                                      "honest_emission_lost"),
                                ("honest miner-epochs clipped > 5 %", "honest weight cut",
-                                "honest share of miner emission")):
+                                "honest miners' emission lost (of the miner pool)")):
     m = [out["results"][k][metric]["mean"] for k in keys]
     lo = [out["results"][k][metric]["min"] for k in keys]
     hi = [out["results"][k][metric]["max"] for k in keys]
     ax.bar(range(len(keys)), m, yerr=[np.subtract(m, lo), np.subtract(hi, m)], capsize=3,
            color=["C0", "C1", "C2"] * 2)
     ax.set_xticks(range(len(keys)))
-    ax.set_xticklabels([k.replace("/", "\n") for k in keys], fontsize=6)
+    ax.set_xticklabels([k.replace("yuma3+liquid", "Yuma 3 + LA").replace("yuma2", "Yuma 2")
+                        .replace("/", "\n") for k in keys], fontsize=6)
     ax.set_title(label, fontsize=9)
   fig.tight_layout()
   fig.savefig(path, dpi=110)

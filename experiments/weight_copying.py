@@ -10,7 +10,8 @@ first full validators honest and a sixth copying (the stake-weighted consensus o
 revealed rows, or validator 0's revealed row), 10 % of the stake, the honest 90 % drawn
 ~ N(1, 0.3^2) per validator (`--draws` draws, vmapped with the seeds in one call per
 variant). The ratio is the copier's dividends per unit stake over the honest validators'
-(> 1: copying pays), from epoch 2 on (before that no reveal has happened at R = 2).
+(> 1: copying pays), summed from the first epoch at which every variant has revealed the
+honest validators' first non-empty rows (before it, emission falls back to stake for all).
 Writes results/weight_copying.{json,png}.
 """
 from __future__ import annotations
@@ -26,14 +27,15 @@ from _validators import record, replay, stake_draws
 from jaxnet.ledger import LedgerConfig, YumaConfig
 from jaxnet.sim import chain
 
-HONEST, COPIER, COPIER_SHARE, SKIP = [0, 1, 2, 3, 4], 5, 0.1, 2
+HONEST, COPIER, COPIER_SHARE = [0, 1, 2, 3, 4], 5, 0.1
+MAX_R = 2
 YUMAS = {"yuma2": YumaConfig(), "yuma3": YumaConfig(yuma3=True),
          "yuma3+liquid": YumaConfig(yuma3=True, liquid_alpha=True)}
 
 
-def ratio(logs) -> np.ndarray:
-  """[S, D] copier dividends per unit stake / honest ones, summed over epochs >= SKIP."""
-  units = logs["validator_units"][:, :, SKIP:].sum(2).astype(np.float64)   # [S, D, V]
+def ratio(logs, skip: int) -> np.ndarray:
+  """[S, D] copier dividends per unit stake / honest ones, summed over epochs >= skip."""
+  units = logs["validator_units"][:, :, skip:].sum(2).astype(np.float64)   # [S, D, V]
   stake = logs["stake_units"][:, :, 0].astype(np.float64)                    # initial stake
   per = units / stake
   return per[..., COPIER] / (units[..., HONEST].sum(-1) / stake[..., HONEST].sum(-1))
@@ -50,8 +52,10 @@ def main(argv=None):
   present = np.stack([r["present"] for r in recs])
   stakes = stake_draws(np.random.default_rng(0), args.draws,
                        [(HONEST, 1 - COPIER_SHARE), ([COPIER], COPIER_SHARE)], V)
+  nonempty = (rows[:, :, HONEST].sum(-1) > 0).all(-1)   # [S, T]
+  start = int(max(np.argmax(ne) for ne in nonempty)) + MAX_R
   out = {"seeds": args.seeds, "draws": args.draws, "epochs": int(rows.shape[1]),
-         "copier_share": COPIER_SHARE, "skip_epochs": SKIP, "variants": {}}
+         "copier_share": COPIER_SHARE, "first_epoch_measured": start, "variants": {}}
   curves = {}
   t0 = time.perf_counter()
   for source, arg in (("consensus", -1), ("validator0", 0)):
@@ -61,7 +65,7 @@ def main(argv=None):
         spec = chain.ChainSpec(kinds=kinds, coalition=(), boost=1.0, square=False,
                                ledger=LedgerConfig(yuma=y, reveal_period=R))
         logs = replay(spec, stakes, rows, present)
-        r_SxD = ratio(logs)
+        r_SxD = ratio(logs, start)
         per_seed = r_SxD.mean(1)
         key = f"{source}/{yname}/R{R}"
         out["variants"][key] = {
@@ -69,15 +73,18 @@ def main(argv=None):
             "ratio": spread(per_seed), "ratio_per_seed": per_seed.tolist(),
             "ratio_draw_min": float(r_SxD.min()), "ratio_draw_max": float(r_SxD.max()),
             "copier_pays": bool(per_seed.mean() > 1.0),
-            "copier_vtrust_mean": float(logs["vtrust"][..., SKIP:, COPIER].mean()),
-            "honest_vtrust_mean": float(logs["vtrust"][..., SKIP:, :COPIER].mean())}
+            "copier_vtrust_mean": float(logs["vtrust"][..., start:, COPIER].mean()),
+            "honest_vtrust_mean": float(logs["vtrust"][..., start:, :COPIER].mean())}
         units = logs["validator_units"].astype(np.float64)
         stake0 = logs["stake_units"][:, :, :1].astype(np.float64)
         per_ep = units / stake0   # [S, D, T, V]
-        curves[key] = (per_ep[..., COPIER] / np.maximum(
-            per_ep[..., HONEST].mean(-1), 1e-12)).mean((0, 1))
+        by_epoch = per_ep[..., COPIER] / np.maximum(per_ep[..., HONEST].mean(-1), 1e-12)
+        curves[key] = by_epoch.mean((0, 1))
+        # the last epoch: how far the late start has worn off (bonds are an EMA)
+        out["variants"][key]["ratio_last_epoch"] = spread(by_epoch[:, :, -1].mean(1))
         print(f"{key:28s} copier/honest dividends per stake {per_seed.mean():.3f} "
-              f"(seeds {np.round(per_seed, 3).tolist()})")
+              f"(seeds {np.round(per_seed, 3).tolist()}), last epoch "
+              f"{out['variants'][key]['ratio_last_epoch']['mean']:.3f}")
   out["seconds_replay"] = time.perf_counter() - t0
   out["network_seconds"] = [r["seconds"] for r in recs]
   out["property_holds"] = {
@@ -104,8 +111,9 @@ def plot(curves: dict, path) -> None:
     ax.set_title(f"copier of the {source}", fontsize=9)
     ax.set_xlabel("epoch")
   axes[0].set_ylabel("copier / honest dividends per unit stake")
-  axes[1].legend(fontsize=7)
-  fig.tight_layout()
+  handles, labels = axes[0].get_legend_handles_labels()
+  fig.tight_layout(rect=(0, 0, 0.86, 1))
+  fig.legend(handles, labels, loc="center right", fontsize=7)
   fig.savefig(path, dpi=110)
   plt.close(fig)
   print(f"wrote {path}")
