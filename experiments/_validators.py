@@ -13,6 +13,7 @@ show: a different lead validator's gather list (the lead here is validator 0, a 
 """
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -100,3 +101,26 @@ def stake_draws(rng, n_draws: int, groups: list[tuple[list[int], float]], V: int
     for members, share in groups:
       out[d, members] = s[members] * share / s[members].sum()
   return out
+
+
+def args_and_recordings(doc: str, argv, rounds: int):
+  """The experiments' shared command line (--seeds, --draws, --rounds) and their
+  recordings: (args, rows [S, T, V, N], present [S, T, N], the peers' behaviours)."""
+  ap = argparse.ArgumentParser(description=doc)
+  ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+  ap.add_argument("--draws", type=int, default=16)
+  ap.add_argument("--rounds", type=int, default=rounds,
+                  help="network rounds per seed (2 per ledger epoch)")
+  args = ap.parse_args(argv)
+  recs = [record(s, rounds=args.rounds) for s in args.seeds]
+  rows = np.stack([r["rows"] for r in recs])
+  present = np.stack([r["present"] for r in recs])
+  return args, rows, present, recs[0]["behaviours"]
+
+
+def first_paid_epoch(rows_SxTxVxN, validators, reveal_period: int) -> int:
+  """The first epoch at which every seed has revealed a non-empty row of each of
+  `validators`: before it the Gauntlet pays nobody yet (own-page evidence takes a few
+  evaluations) and emission falls back to stake, a warm-up the measurements leave out."""
+  nonempty = (rows_SxTxVxN[:, :, validators].sum(-1) > 0).all(-1)   # [S, T]
+  return int(max(np.argmax(ne) for ne in nonempty)) + reveal_period

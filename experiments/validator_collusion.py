@@ -16,13 +16,13 @@ Writes results/validator_collusion.{json,png}.
 """
 from __future__ import annotations
 
-import argparse
 import time
 
 import numpy as np
 
 from _common import out_paths, spread, write_json
-from _validators import FULL, SAMPLED, record, replay, stake_draws
+from _validators import (FULL, SAMPLED, args_and_recordings, first_paid_epoch, replay,
+                         stake_draws)
 from jaxnet.ledger import LedgerConfig, YumaConfig
 from jaxnet.sim import chain
 
@@ -32,24 +32,14 @@ REVEAL = 1   # reveal period (chain default)
 
 
 def main(argv=None):
-  ap = argparse.ArgumentParser(description=__doc__)
-  ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-  ap.add_argument("--draws", type=int, default=16)
-  args = ap.parse_args(argv)
-  recs = [record(s) for s in args.seeds]
-  rows = np.stack([r["rows"] for r in recs])
-  present = np.stack([r["present"] for r in recs])
-  beh = recs[0]["behaviours"]
+  args, rows, present, beh = args_and_recordings(__doc__, argv, rounds=40)
   miners = tuple(u for u, b in enumerate(beh) if b in COALITION_MINERS)
   V = FULL + SAMPLED
   honest, coal = list(range(FULL)), list(range(FULL, V))
   kinds = tuple([("honest", 0)] * FULL + [("colluding", 0)] * SAMPLED)
-  # from the first epoch with every honest validator's first non-empty row revealed (before
-  # it the Gauntlet pays nobody yet and emission falls back to stake)
-  nonempty = (rows[:, :, honest].sum(-1) > 0).all(-1)   # [S, T]
-  start = int(max(np.argmax(ne) for ne in nonempty)) + REVEAL
+  start = first_paid_epoch(rows, honest, REVEAL)
   rng = np.random.default_rng(0)
-  out = {"seeds": args.seeds, "draws": args.draws, "shares": SHARES,
+  out = {"seeds": args.seeds, "draws": args.draws, "rounds": args.rounds, "shares": SHARES,
          "coalition_miners": miners, "coalition_miner_behaviours": COALITION_MINERS,
          "epochs": int(rows.shape[1]), "first_epoch_measured": start, "yuma": {}}
   t0 = time.perf_counter()

@@ -17,13 +17,13 @@ to the validators by stake (the chain's fallback). Writes results/validator_disa
 """
 from __future__ import annotations
 
-import argparse
 import time
 
 import numpy as np
 
 from _common import out_paths, spread, write_json
-from _validators import FULL, SAMPLED, record, replay, stake_draws
+from _validators import (FULL, SAMPLED, args_and_recordings, first_paid_epoch, replay,
+                         stake_draws)
 from jaxnet.ledger import LedgerConfig, YumaConfig
 from jaxnet.sim import chain
 
@@ -56,26 +56,16 @@ def measure(logs, honest: np.ndarray, groups: dict, skip: int) -> dict:
 
 
 def main(argv=None):
-  ap = argparse.ArgumentParser(description=__doc__)
-  ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-  ap.add_argument("--draws", type=int, default=16)
-  args = ap.parse_args(argv)
-  recs = [record(s) for s in args.seeds]
-  rows = np.stack([r["rows"] for r in recs])
-  present = np.stack([r["present"] for r in recs])
-  honest = np.array([b == "honest" for b in recs[0]["behaviours"]])
+  args, rows, present, beh = args_and_recordings(__doc__, argv, rounds=40)
+  honest = np.array([b == "honest" for b in beh])
   V = FULL + SAMPLED
   full, sampled = list(range(FULL)), list(range(FULL, V))
   kinds = tuple([("honest", 0)] * FULL + [("sampled", 4)] * SAMPLED)
   populations = {"every_peer": [(full, 1.0)], "sampled_4": [(sampled, 1.0)],
                  "half_each": [(full, 0.5), (sampled, 0.5)]}
-  # Measured from the first epoch whose revealed rows are all non-empty for the full
-  # validators on every seed: before it the Gauntlet pays nobody yet (own-page evidence
-  # takes a few evaluations), which is a warm-up, not disagreement.
-  nonempty = (rows[:, :, :FULL].sum(-1) > 0).all(-1)   # [S, T]
-  start = int(max(np.argmax(ne) for ne in nonempty)) + REVEAL
+  start = first_paid_epoch(rows, full, REVEAL)   # the warm-up is not disagreement
   rng = np.random.default_rng(0)
-  out = {"seeds": args.seeds, "draws": args.draws, "clipped_threshold": CLIPPED,
+  out = {"seeds": args.seeds, "draws": args.draws, "rounds": args.rounds, "clipped_threshold": CLIPPED,
          "epochs": int(rows.shape[1]), "first_epoch_measured": start, "results": {}}
   t0 = time.perf_counter()
   for yname, y in (("yuma2", YumaConfig()), ("yuma3+liquid", YumaConfig(yuma3=True,

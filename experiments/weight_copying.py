@@ -1,11 +1,11 @@
 """Does weight copying pay? Dividends per unit stake of a weight copier against honest
 validators, for reveal periods 0, 1, 2 tempos and Yuma 2 / Yuma 3 (+ liquid alpha).
 
-  python experiments/weight_copying.py [--seeds 0 1 2] [--draws 16]
+  python experiments/weight_copying.py [--seeds 0 1 2] [--draws 16] [--rounds 100]
 
 Intended property (bittensor.md §3 item 4): copying does not pay once commit-reveal delays
 what a copier can see. Each seed records a live sim-tiny Gauntlet network with 10
-validators (`_validators.record`, 20 epochs of 2 rounds); the chain replays it with the 5
+validators (`_validators.record`, 50 epochs of 2 rounds); the chain replays it with the 5
 first full validators honest and a sixth copying (the stake-weighted consensus of the
 revealed rows, or validator 0's revealed row), 10 % of the stake, the honest 90 % drawn
 ~ N(1, 0.3^2) per validator (`--draws` draws, vmapped with the seeds in one call per
@@ -16,14 +16,12 @@ Writes results/weight_copying.{json,png}.
 """
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import time
 
 import numpy as np
 
 from _common import out_paths, spread, write_json
-from _validators import record, replay, stake_draws
+from _validators import args_and_recordings, first_paid_epoch, replay, stake_draws
 from jaxnet.ledger import LedgerConfig, YumaConfig
 from jaxnet.sim import chain
 
@@ -42,19 +40,13 @@ def ratio(logs, skip: int) -> np.ndarray:
 
 
 def main(argv=None):
-  ap = argparse.ArgumentParser(description=__doc__)
-  ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-  ap.add_argument("--draws", type=int, default=16)
-  args = ap.parse_args(argv)
-  recs = [record(s) for s in args.seeds]
+  args, rows, present, _ = args_and_recordings(__doc__, argv, rounds=100)
   V = COPIER + 1
-  rows = np.stack([r["rows"][:, :V, :] for r in recs])
-  present = np.stack([r["present"] for r in recs])
+  rows = rows[:, :, :V]
   stakes = stake_draws(np.random.default_rng(0), args.draws,
                        [(HONEST, 1 - COPIER_SHARE), ([COPIER], COPIER_SHARE)], V)
-  nonempty = (rows[:, :, HONEST].sum(-1) > 0).all(-1)   # [S, T]
-  start = int(max(np.argmax(ne) for ne in nonempty)) + MAX_R
-  out = {"seeds": args.seeds, "draws": args.draws, "epochs": int(rows.shape[1]),
+  start = first_paid_epoch(rows, HONEST, MAX_R)
+  out = {"seeds": args.seeds, "draws": args.draws, "rounds": args.rounds, "epochs": int(rows.shape[1]),
          "copier_share": COPIER_SHARE, "first_epoch_measured": start, "variants": {}}
   curves = {}
   t0 = time.perf_counter()
