@@ -3,6 +3,7 @@
   jaxnet train --config configs/tiny.yaml [--train.steps 50 ...] [--print-config]
   jaxnet data prepare PATH... --out DIR [--tokenizer byte|FILE] [--bpe-vocab N]
   jaxnet simulate --config configs/sim-small.yaml [--sim.rounds 40 ...] [--print-config]
+  jaxnet market --config configs/market-tiny.yaml [--market.blocks 100 ...]
   jaxnet report RUN_DIR [--round R] [--no-plots]
 
 `jaxnet COMMAND --help` lists the command's options; for train and simulate that is every
@@ -29,6 +30,9 @@ RUN_HELP = {
                 "demo|diloco|sparseloco): peers with the sim.peers behaviours, the "
                 "Gauntlet validator and, every sim.ledger_every rounds, a ledger epoch. "
                 "Outputs go to train.out_dir; inspect them with `jaxnet report`.",
+    "market": "Runs the 2020 intelligence market: market.peers peers that learn the value of "
+              "their neighbours (market.valuation) and a ledger (ledger.mechanism) that pays "
+              "them. Outputs go to train.out_dir; inspect them with `jaxnet report`.",
 }
 
 
@@ -214,7 +218,31 @@ def cmd_report(argv: list[str]) -> int:
   return int(report.main(argv) or 0)
 
 
-COMMANDS = {"train": cmd_train, "data": cmd_data, "simulate": cmd_simulate, "report": cmd_report}
+def cmd_market(argv: list[str]) -> int:
+  cfg = _load("market", argv)
+  if cfg is None:
+    return 0
+  from jaxnet.market import run as market_run
+
+  def line(rec):
+    tops = " ".join(str(u) for u in rec["top"])
+    alone = f"  alone {rec['loss_alone']:.4f}" if rec["loss_alone"] is not None else ""
+    market_run.tqdm_write(f"block {rec['block']:>5}  loss {rec['loss']:.4f}{alone}  "
+                          f"top earners {tops}  cabal stake {rec['cabal_share']:.3f}")
+
+  result = market_run.run(cfg, on_block=line)
+  hist = result["history"]
+  if hist:
+    last = hist[-1]
+    print(f"done: {last['block'] + 1} blocks, loss with neighbours {hist[0]['loss']:.4f} -> "
+          f"{last['loss']:.4f}" + (f", alone {last['loss_alone']:.4f}" if last["loss_alone"]
+                                    is not None else "")
+          + f"; cabal stake {last['cabal_share']:.3f}; outputs in {cfg.train.out_dir}")
+  return 0
+
+
+COMMANDS = {"train": cmd_train, "data": cmd_data, "simulate": cmd_simulate, "market": cmd_market,
+            "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,6 +22,7 @@ import yaml
 from jaxnet.configbase import ConfigError
 from jaxnet.gauntlet.config import GauntletConfig
 from jaxnet.ledger.config import LedgerConfig
+from jaxnet.market.config import MarketConfig
 from jaxnet.schemes.demo import DemoConfig
 from jaxnet.schemes.diloco import DiLoCoConfig
 from jaxnet.schemes.inner import InnerConfig
@@ -153,6 +154,7 @@ class Config:
   gauntlet: GauntletConfig = field(default_factory=GauntletConfig)
   sim: SimConfig = field(default_factory=SimConfig)
   ledger: LedgerConfig = field(default_factory=LedgerConfig)
+  market: MarketConfig = field(default_factory=MarketConfig)
 
   def __post_init__(self):
     from jaxnet import schemes   # here, not at the top: scheme modules import this one

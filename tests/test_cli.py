@@ -76,7 +76,7 @@ def test_print_config_is_the_resolved_config(capsys):
 
 def test_unknown_command(capsys):
   line = _one_line_error(capsys, main(["foo"]))
-  assert line == "jaxnet: unknown command 'foo' (known: data, report, simulate, train)"
+  assert line == "jaxnet: unknown command 'foo' (known: data, market, report, simulate, train)"
   line = _one_line_error(capsys, main(["data", "bar"]))
   assert "unknown command 'bar'" in line
 

@@ -1,0 +1,63 @@
+"""Valuing a neighbour, and turning the scores into a row of W (market.md §2, §3).
+
+For peer i and neighbour slot k, d = the embedding served (any shape), g = dL_i/dd:
+
+  fisher2020  -<d, g> - <d, g^2>            the 2020 code (first-order term plus an
+                                             empirical-Fisher diagonal, as written there)
+  obd         -<d, g> + 1/2 <d^2, g^2>      Optimal Brain Damage, empirical Fisher curvature
+  loo         L_i(d_k := 0) - L_i           exact leave-one-out (one extra head pass)
+
+Each is the loss increase from removing the neighbour (Delta d = -d); larger = more value.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def fisher2020(d, g):
+  """market.md §2, code-faithful: sum(Dd g) + sum(Dd g g) with Dd = -d."""
+  return -jnp.sum(d * g) - jnp.sum(d * g * g)
+
+
+def obd(d, g):
+  """market.md §2, textbook: -<d, g> + 1/2 <d^2, g^2>."""
+  return -jnp.sum(d * g) + 0.5 * jnp.sum(d * d * g * g)
+
+
+def loo(loss_fn, d_KxS):
+  """[K] exact leave-one-out: loss_fn(d with slot k zeroed) - loss_fn(d), vmapped over k."""
+  base = loss_fn(d_KxS)
+  K = d_KxS.shape[0]
+
+  def without(k):
+    keep = (jnp.arange(K) != k).reshape((K,) + (1,) * (d_KxS.ndim - 1))
+    return loss_fn(jnp.where(keep, d_KxS, 0.0)) - base
+
+  return jax.vmap(without)(jnp.arange(K))
+
+
+def smooth(s_K, score_K, ema: float):
+  """s <- (1 - ema) s + ema score (market.md §3: EMA 0.05)."""
+  return (1.0 - ema) * s_K + ema * score_K
+
+
+def row(s_K, nbr_K, self_index, n: int, self_loop: float):
+  """One row of W [n] (market.md §3): shift the scores by 2 |min| so all are >= 0,
+  normalise them to 1 - self_loop over the neighbours, self_loop on W_ii. Equal scores
+  (e.g. all zero before any block) give every neighbour an equal share."""
+  shifted = s_K + 2.0 * jnp.abs(jnp.min(s_K))
+  total = jnp.sum(shifted)
+  share = jnp.where(total > 0, shifted / jnp.where(total > 0, total, 1.0),
+                    1.0 / s_K.shape[0])
+  w = jnp.zeros((n,), s_K.dtype).at[nbr_K].add((1.0 - self_loop) * share)
+  return w.at[self_index].add(self_loop)
+
+
+def cabal_row(member_N, self_index, self_loop: float):
+  """A cabal member's row: 1 - self_loop spread over the other members only (market.md §5)."""
+  others = member_N & (jnp.arange(member_N.shape[0]) != self_index)
+  n_others = jnp.sum(others)
+  w = jnp.where(others, (1.0 - self_loop) / jnp.maximum(n_others, 1), 0.0)
+  w = jnp.where(n_others > 0, w, 0.0)
+  return w.at[self_index].add(jnp.where(n_others > 0, self_loop, 1.0))

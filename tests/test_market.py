@@ -1,0 +1,198 @@
+"""The 2020 intelligence market (market.md): valuations, rows of W, one block, the run."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from jaxnet import sharding as shd
+from jaxnet.config import load_config
+from jaxnet.configbase import ConfigError
+from jaxnet.market import block as mblock
+from jaxnet.market import peers, valuation
+from jaxnet.market import run as mrun
+
+TINY = Path(__file__).resolve().parents[1] / "configs" / "market-tiny.yaml"
+SMALL = ["--market.peers", '["honest:3", "noise:1", "lazy:1", "copier:1", "cabal:2"]',
+         "--market.d_embed", "8", "--market.batch_size", "2", "--data.seq_len", "16",
+         "--market.shard_sequences", "16"]
+
+
+# --------------------------------------------------------------------------- valuations
+
+def test_fisher2020_equals_the_hand_computed_score_of_a_linear_head():
+  """L(d) = <c, d> has dL/dd = c: the 2020 score is -<d, c> - <d, c^2> (market.md §2)."""
+  d = jnp.array([[1.0, 2.0], [0.5, -1.0]])
+  c = jnp.array([[0.5, -1.0], [2.0, 0.25]])
+  g = jax.grad(lambda x: jnp.sum(c * x))(d)
+  # -<d, c> - <d, c^2> = -(0.5 - 2 + 1 - 0.25) - (0.25 + 2 + 2 - 0.0625) = 0.75 - 4.1875
+  assert float(valuation.fisher2020(d, g)) == pytest.approx(-3.4375, abs=1e-6)
+
+
+def test_obd_is_exact_leave_one_out_on_a_quadratic_whose_curvature_is_g_squared():
+  rng = np.random.default_rng(0)
+  h = jnp.asarray(rng.uniform(0.5, 2.0, (3, 5)))
+  d = jnp.asarray(rng.normal(size=(1, 3, 5)))
+  b = jnp.sqrt(h) - h * d[0]          # so that g = h d + b = sqrt(h): g^2 is the curvature
+
+  def L(x_KxS):
+    return jnp.sum(0.5 * h * x_KxS[0] ** 2 + b * x_KxS[0])
+
+  g = jax.grad(L)(d)[0]
+  loo = valuation.loo(L, d)[0]
+  np.testing.assert_allclose(float(valuation.obd(d[0], g)), float(loo), rtol=1e-5)
+  # otherwise they differ by the curvature error alone: 1/2 <d^2, g^2 - h> (second order)
+  h2 = h * 1.3
+  b2 = jnp.sqrt(h) - h2 * d[0]
+  L2 = lambda x: jnp.sum(0.5 * h2 * x[0] ** 2 + b2 * x[0])   # noqa: E731
+  g2 = jax.grad(L2)(d)[0]
+  gap = float(valuation.obd(d[0], g2) - valuation.loo(L2, d)[0])
+  np.testing.assert_allclose(gap, float(0.5 * jnp.sum(d[0] ** 2 * (g2 ** 2 - h2))), rtol=1e-4)
+
+
+@settings(max_examples=40, deadline=None)
+@given(scores=st.lists(st.floats(-5, 5), min_size=1, max_size=7),
+       self_loop=st.sampled_from([0.0, 0.25, 0.5]))
+def test_every_row_is_a_distribution_with_its_self_loop(scores, self_loop):
+  K = len(scores)
+  n = K + 1
+  nbr = jnp.arange(1, n)
+  w = np.asarray(valuation.row(jnp.asarray(scores, jnp.float32), nbr, 0, n, self_loop))
+  assert (w >= 0).all() and w.sum() == pytest.approx(1.0, abs=1e-5)
+  assert w[0] == pytest.approx(self_loop, abs=1e-6)
+  # the shift keeps the order of the scores (market.md §3)
+  order = np.argsort(scores, kind="stable")
+  assert np.all(np.diff(w[1:][order]) >= -1e-6)
+
+
+def test_a_cabal_row_weights_only_the_other_members():
+  member = jnp.array([False, True, True, False, True])
+  w = np.asarray(valuation.cabal_row(member, 1, 0.5))
+  np.testing.assert_allclose(w, [0, 0.5, 0.25, 0, 0.25])
+
+
+# --------------------------------------------------------------------------- one block
+
+@pytest.fixture(scope="module")
+def market():
+  cfg = load_config(TINY, SMALL + ["--market.blocks", "4", "--train.out_dir", "/tmp/unused"])
+  mk = mrun.Market(cfg)
+  return cfg, mk, mk.init_state()
+
+
+def _loop_reference(cfg, mk, st, batch, key):
+  """The slow reference: peer by peer, the same pieces, summed gradients."""
+  m, topo = cfg.market, mk.topo
+  d = peers.serve(st.params, batch["inputs"], topo.nbr, topo.src, topo.kind, topo.const, key)
+  N = d.shape[0]
+  take = lambda tree, i: jax.tree.map(lambda x: x[i], tree)   # noqa: E731
+  grads = jax.tree.map(jnp.zeros_like, st.params)
+  losses, scores = [], []
+  for i in range(N):
+    def L_i(params, i=i):
+      dd = peers.serve(params, batch["inputs"], topo.nbr, topo.src, topo.kind, topo.const,
+                       key)[i]
+      if not m.return_gradients:
+        dd = jax.lax.stop_gradient(dd)
+      p = take(params, i)
+      return peers.loss(p, peers.encode(p, batch["inputs"][i]), dd, batch["targets"][i],
+                        batch["mask"][i])
+    loss_i, g = jax.value_and_grad(L_i)(st.params)
+    grads = jax.tree.map(jnp.add, grads, g)
+    p = take(st.params, i)
+    h = peers.encode(p, batch["inputs"][i])
+    g_d = jax.grad(lambda dd: peers.loss(p, h, dd, batch["targets"][i], batch["mask"][i]))(d[i])
+    scores.append([float(valuation.fisher2020(d[i, k], g_d[k])) for k in range(d.shape[1])])
+    losses.append(float(loss_i))
+  return np.array(losses), np.array(scores), grads
+
+
+def test_one_jitted_block_equals_the_per_peer_loop(market):
+  cfg, mk, st = market
+  batch = mrun.block_batch(cfg, mk.shards, 0, mk.corpus.eos_id)
+  key = jax.random.key(7)
+  new, out = mblock.block_step_jit(st, mk.topo, batch, key, cfg=cfg.market)
+  losses, scores, grads = _loop_reference(cfg, mk, st, batch, key)
+  np.testing.assert_allclose(np.asarray(out["loss"]), losses, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(out["score"]), scores, rtol=1e-4, atol=1e-6)
+  # the Adam step from the summed per-peer gradients gives the same parameters
+  opt = mblock.optimizer(cfg.market)
+  up, _ = opt.update(grads, st.opt, st.params)
+  want = jax.tree.map(lambda p, u: p + u, st.params, up)
+  for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(want)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+  W = np.asarray(out["W"])
+  assert (W >= 0).all()
+  np.testing.assert_allclose(W.sum(1), 1.0, atol=1e-5)
+  np.testing.assert_allclose(np.diag(W), cfg.market.self_loop, atol=1e-6)
+
+
+def test_one_and_four_devices_give_the_same_block(market):
+  cfg, mk, st = market
+  devs = jax.devices()
+  if len(devs) < 4:
+    pytest.skip("needs 4 devices")
+  batch = mrun.block_batch(cfg, mk.shards, 1, mk.corpus.eos_id)
+  key = jax.random.key(3)
+  _, one = mblock.block_step_jit(st, mk.topo, batch, key, cfg=cfg.market)
+  mesh = shd.make_mesh("peer", 4, devs[:4])
+  along, rep = shd.along(mesh, "peer"), shd.replicated(mesh)
+  st4 = st._replace(params=shd.put_tree(st.params, along), opt=shd.put_tree(st.opt, rep),
+                    alone=shd.put_tree(st.alone, along), scores=shd.put_tree(st.scores, along))
+  _, four = mblock.block_step_jit(st4, mk.topo, shd.put_tree(batch, along), key, cfg=cfg.market)
+  for k in one:
+    np.testing.assert_allclose(np.asarray(four[k]), np.asarray(one[k]), rtol=1e-5, atol=1e-6,
+                               err_msg=k)
+
+
+def test_the_block_vmaps_over_seeds(market):
+  cfg, mk, st = market
+  batch = mrun.block_batch(cfg, mk.shards, 0, mk.corpus.eos_id)
+  keys = jax.random.split(jax.random.key(0), 2)
+  sts = jax.tree.map(lambda x: jnp.stack([x, x]), st)
+  _, out = jax.jit(jax.vmap(lambda s, k: mblock.block_step(s, mk.topo, batch, k, cfg=cfg.market)))(
+      sts, keys)
+  for s in range(2):
+    _, ref = mblock.block_step_jit(st, mk.topo, batch, keys[s], cfg=cfg.market)
+    np.testing.assert_allclose(np.asarray(out["loss"][s]), np.asarray(ref["loss"]), rtol=1e-5)
+
+
+# --------------------------------------------------------------------------- the run
+
+def test_kill_and_resume_of_a_market_run_is_bit_exact(tmp_path):
+  over = SMALL + ["--market.blocks", "4", "--checkpoint.every", "2"]
+  straight = mrun.run(load_config(TINY, over + ["--train.out_dir", str(tmp_path / "a")]),
+                      progress=False)
+  cfg = load_config(TINY, over + ["--train.out_dir", str(tmp_path / "b")])
+  mrun.run(cfg, progress=False, stop_after=2)
+  resumed = mrun.run(cfg, progress=False)
+  assert resumed["start"] == 2
+  for a, b in zip(jax.tree.leaves(straight["state"]), jax.tree.leaves(resumed["state"])):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  # the 2020 ledger: every block mints floor(tau x stake), all of it paid into stake
+  prev = straight["market"].stake0.sum()
+  for rec in straight["history"]:
+    g = rec["ledger"]
+    assert sum(g["paid"]) == g["minted"] == int(np.floor(0.01 * prev))
+    assert sum(rec["stake"]) == prev + g["minted"]
+    prev = sum(rec["stake"])
+
+
+@pytest.mark.parametrize("extra, field", [
+    (["--market.topology", "k_random", "--market.neighbours", "8"], "market.neighbours"),
+    (["--market.peers", '["honest:3", "cabal:1"]', "--market.cabal_stake", "-0.1"],
+     "market.cabal_stake"),
+    (["--market.valuation", "shapley1999"], "market.valuation"),
+    (["--market.peers", '["honest:3", "oracle:1"]'], "market.peers[1]"),
+    (["--ledger.mechanism", "yuma"], "ledger.yuma.layout"),
+])
+def test_bad_market_configs_give_one_line_errors(extra, field, tmp_path):
+  with pytest.raises(ConfigError) as e:
+    cfg = load_config(TINY, extra + ["--train.out_dir", str(tmp_path)])
+    mrun.Market(cfg)
+  msg = str(e.value)
+  assert msg.startswith(field + ":") and "\n" not in msg, msg
