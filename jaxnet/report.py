@@ -209,7 +209,16 @@ def main(argv: list[str]) -> int:
     print(line)
   beh_path = (run_dir if run_dir.is_dir() else run_dir.parent) / "behaviours.json"
   behaviours = json.loads(beh_path.read_text()) if beh_path.exists() else None
-  if "report" in recs[0]:
+  if "W" in recs[0]:   # a market run (jaxnet.market)
+    from jaxnet.market import report as market_report
+    if args.round is not None:
+      raise ReportError(f"--round {args.round}: {run_dir} is a market run; it has blocks, "
+                        "not validator rounds")
+    print(f"{len(recs)} blocks: loss with neighbours {recs[0]['loss']:.4f} -> "
+          f"{recs[-1]['loss']:.4f}" + (f", alone {recs[-1]['loss_alone']:.4f}"
+                                        if recs[-1]["loss_alone"] is not None else ""))
+    print(market_report.table(recs, behaviours))
+  elif "report" in recs[0]:
     rec = pick_round(recs, args.round)
     print(f"round {rec['round']}: validation loss {rec['val_loss']:.4f}, "
           f"{rec['evaluated']} peers scored, {rec['gathered']} gathered")
@@ -233,6 +242,11 @@ def main(argv: list[str]) -> int:
     out_dir = run_dir if run_dir.is_dir() else run_dir.parent
     kinds_path = out_dir / "validators.json"
     kinds = json.loads(kinds_path.read_text()) if kinds_path.exists() else None
-    for p in plot_run(out_dir, recs, behaviours) + plot_chain(out_dir, recs, behaviours, kinds):
+    if "W" in recs[0]:
+      from jaxnet.market import report as market_report
+      paths = market_report.plot(out_dir, recs, behaviours)
+    else:
+      paths = plot_run(out_dir, recs, behaviours) + plot_chain(out_dir, recs, behaviours, kinds)
+    for p in paths:
       print(f"wrote {p}")
   return 0

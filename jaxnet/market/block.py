@@ -63,7 +63,7 @@ def block_step(state: MarketState, topo: Topology, batch: dict, key, *, cfg: Mar
 
   def total(p, d):
     h = jax.vmap(peers.encode)(p, tokens)
-    l_N = jax.vmap(peers.loss)(p, h, d, targets, mask)
+    l_N = jax.vmap(lambda *a: peers.loss(*a, center=cfg.center))(p, h, d, targets, mask)
     return jnp.sum(l_N), (l_N, h)
 
   (_, (loss_N, h)), (g_own, g_d) = jax.value_and_grad(total, argnums=(0, 1), has_aux=True)(
@@ -77,7 +77,7 @@ def block_step(state: MarketState, topo: Topology, batch: dict, key, *, cfg: Mar
 
   # valuation of every neighbour slot (§2), with the exact leave-one-out always measured
   def loo_i(p, h_i, d_i, t_i, m_i):
-    return valuation.loo(lambda dd: peers.loss(p, h_i, dd, t_i, m_i), d_i)
+    return valuation.loo(lambda dd: peers.loss(p, h_i, dd, t_i, m_i, cfg.center), d_i)
 
   loo_NxK = jax.vmap(loo_i)(params, h, d, targets, mask)
   score_NxK = jax.vmap(lambda d_i, g_i, l_i: _value(cfg, d_i, g_i, l_i))(d, g_d, loo_NxK)

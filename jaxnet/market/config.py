@@ -36,6 +36,8 @@ class MarketConfig:
   ema: float = 0.05                # score smoothing s <- (1 - ema) s + ema score (§3)
   self_loop: float = 0.5           # W_ii; the neighbours share 1 - self_loop (§3; 0 = none)
   return_gradients: bool = True    # dL_i/dd_j flows back into neighbour j's encoder (§1)
+  center: bool = True              # the joiner centres each neighbour's embedding over the
+                                   # batch (a fixed vector then tells nothing about the input)
   alone_baseline: bool = True      # also train each peer without neighbours (the §6 claim)
   cabal_stake: float = 0.0         # the cabal's share of the initial stake (§5; 0 = by count)
   ledger_every: int = 1            # blocks per ledger epoch (the 2020 mechanism mints per block)

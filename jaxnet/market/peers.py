@@ -52,8 +52,15 @@ def encode(p: PeerParams, tokens_BxL) -> jax.Array:
   return jnp.tanh(acc)
 
 
-def loss(p: PeerParams, h_BxLxE, d_KxBxLxE, targets_BxL, mask_BxL) -> jax.Array:
-  """The peer's next-byte cross-entropy with its neighbours' embeddings joined in."""
+def loss(p: PeerParams, h_BxLxE, d_KxBxLxE, targets_BxL, mask_BxL, center: bool = True
+         ) -> jax.Array:
+  """The peer's next-byte cross-entropy with its neighbours' embeddings joined in.
+
+  With `center` the joiner sees each neighbour's embedding minus its mean over the batch's
+  positions: what a neighbour tells about this input, not a constant (a fixed vector
+  would otherwise act as a second output bias, and every valuation would pay for it)."""
+  if center:
+    d_KxBxLxE = d_KxBxLxE - jnp.mean(d_KxBxLxE, axis=(1, 2), keepdims=True)
   return _nll(p, h_BxLxE + jnp.einsum("kble,kef->blf", d_KxBxLxE, p.join), targets_BxL,
               mask_BxL)
 

@@ -1,0 +1,71 @@
+"""`jaxnet report` of a market run: a per-peer table and three figures (market.md §6).
+
+Table: per peer its behaviour, stake share, share of everything minted, cumulative true
+marginal value (the exact leave-one-out loss increase its embeddings spare the peers that
+query it, summed over blocks), and its loss with and without neighbours. Figures: W of the
+last block as a heatmap, stake share per behaviour class over blocks, and each peer's
+earned share against its true marginal value.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def earned(recs: list[dict]) -> np.ndarray:
+  """Per peer: units minted to it over the run."""
+  return np.sum([r["ledger"]["paid"] for r in recs if r.get("ledger")], axis=0)
+
+
+def table(recs: list[dict], behaviours: list[str] | None) -> str:
+  last = recs[-1]
+  stake = np.asarray(last["stake"], np.float64)
+  paid = earned(recs).astype(np.float64)
+  value = np.sum([r["value"] for r in recs], axis=0)
+  lines = [f"{'peer':>4} {'behaviour':<10} {'stake':>7} {'earned':>7} {'value':>9} "
+           f"{'loss':>7} {'alone':>7}"]
+  for i in range(len(stake)):
+    lines.append(f"{i:>4} {(behaviours[i] if behaviours else '-'):<10} "
+                 f"{stake[i] / stake.sum():>7.4f} {paid[i] / max(paid.sum(), 1):>7.4f} "
+                 f"{value[i]:>9.4f} {last['peer_loss'][i]:>7.4f} "
+                 f"{last['peer_loss_alone'][i]:>7.4f}")
+  return "\n".join(lines)
+
+
+def plot(run_dir: Path, recs: list[dict], behaviours: list[str] | None) -> list[Path]:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  labels = behaviours or [str(i) for i in range(len(recs[0]["stake"]))]
+  fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+  W = np.asarray(recs[-1]["W"], np.float64)
+  W[np.eye(len(W), dtype=bool)] = np.nan   # the self-loop would swamp the colour scale
+  im = axes[0].imshow(W, cmap="viridis")
+  axes[0].set_title(f"W at block {recs[-1]['block']} (row i: how i values j; "
+                    "self-loop masked)", fontsize=9)
+  axes[0].set_xlabel("j")
+  axes[0].set_ylabel("i")
+  fig.colorbar(im, ax=axes[0], fraction=0.046)
+  blocks = [r["block"] for r in recs]
+  stake = np.asarray([r["stake"] for r in recs], np.float64)
+  share = stake / stake.sum(1, keepdims=True)
+  for c in sorted(set(labels)):
+    sel = np.array([x == c for x in labels])
+    axes[1].plot(blocks, share[:, sel].sum(1), label=f"{c} ({sel.sum()})")
+  axes[1].set_xlabel("block")
+  axes[1].set_ylabel("stake share")
+  axes[1].legend(fontsize=7)
+  paid = earned(recs).astype(np.float64)
+  value = np.sum([r["value"] for r in recs], axis=0)
+  for c in sorted(set(labels)):
+    sel = np.array([x == c for x in labels])
+    axes[2].scatter(value[sel], paid[sel] / max(paid.sum(), 1), label=c, s=18)
+  axes[2].set_xlabel("true marginal value (leave-one-out, summed over blocks)")
+  axes[2].set_ylabel("share of emission earned")
+  axes[2].legend(fontsize=7)
+  fig.tight_layout()
+  path = run_dir / "market.png"
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return [path]
