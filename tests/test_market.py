@@ -227,3 +227,14 @@ def test_a_market_run_reports_its_table_and_figure(tmp_path, capsys):
   assert main(["report", out]) == 0
   text = capsys.readouterr().out
   assert "earned" in text and "cabal" in text and (tmp_path / "m" / "market.png").exists()
+
+
+def test_the_market_can_be_paid_by_yuma_in_its_combined_layout(tmp_path):
+  cfg = load_config(TINY, SMALL + ["--market.blocks", "2", "--ledger.mechanism", "yuma",
+                                   "--ledger.yuma.layout", "combined",
+                                   "--train.out_dir", str(tmp_path)])
+  res = mrun.run(cfg, progress=False)
+  for rec in res["history"]:
+    g = rec["ledger"]
+    owner = int(np.floor(cfg.ledger.epoch_emission * cfg.ledger.owner_cut))
+    assert sum(g["paid"]) + owner == g["minted"] == cfg.ledger.epoch_emission

@@ -20,12 +20,13 @@ INT32_SAFE = 2**30
 @static_config
 class BitTensorConfig:
   """The 2020 trust-weighted mechanism (spec §1.2, §1.3)."""
-  rho: float = 10.0              # §1.2: sigmoid temperature (`temp` in the paper's toy code)
+  rho: float = 10.0              # §1.2: sigmoid temperature (`temp` in the paper's toy code);
+                                 # 0 = plain ranks (the consensus is a constant 1/2)
   kappa: float = 0.5             # §1.2: consensus shift, "non-zero rankings from > 50% of stake"
   tau: float = 0.1               # §1.3: inflation per block in the paper's cabal toy run
 
   def __post_init__(self):
-    require(self.rho > 0, "ledger.bittensor.rho", "must be positive")
+    require(self.rho >= 0, "ledger.bittensor.rho", "must be >= 0")
     require(0.0 <= self.kappa <= 1.0, "ledger.bittensor.kappa", "must be in [0, 1]")
     require(0.0 <= self.tau <= 10.0, "ledger.bittensor.tau", "must be in [0, 10]")
 
