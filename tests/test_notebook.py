@@ -50,6 +50,25 @@ def test_inline_config_is_sim_tiny():
   assert to_dict(load_config(None, inline)) == to_dict(yaml_cfg)
 
 
+def test_inline_market_config_is_market_tiny():
+  from jaxnet.config import load_config, to_dict
+  nb = nbformat.read(NB, as_version=4)
+  expr = _assigned(_code(nb, "market_tiny ="), "market_tiny")
+  yaml_cfg = load_config(ROOT / "configs" / "market-tiny.yaml")
+  inline = eval(compile(ast.Expression(expr), "market_tiny", "eval"),
+                {"blocks": yaml_cfg.market.blocks, "tempfile": _Fixed(yaml_cfg.train.out_dir)})
+  assert to_dict(load_config(None, inline)) == to_dict(yaml_cfg)
+
+
+class _Fixed:
+  """Stands in for `tempfile` in the inline config: mkdtemp gives the YAML's out_dir."""
+  def __init__(self, path):
+    self.path = path
+
+  def mkdtemp(self, **_):
+    return self.path
+
+
 def test_colab_badge_matches_default_repo():
   nb = nbformat.read(NB, as_version=4)
   repo = ast.literal_eval(_assigned(_code(nb, "JAXNET_REPO ="), "JAXNET_REPO"))
@@ -105,6 +124,7 @@ def test_quickstart_runs_in_a_fresh_runtime(tmp_path, fresh_python, monkeypatch)
     monkeypatch.delenv(var, raising=False)
   monkeypatch.setenv("JAXNET_SOURCE", str(source))
   monkeypatch.setenv("JAXNET_NOTEBOOK_ROUNDS", "8")
+  monkeypatch.setenv("JAXNET_NOTEBOOK_BLOCKS", "20")
   monkeypatch.setenv("MPLBACKEND", "Agg")
   km = jupyter_client.KernelManager(
       kernel_name="fresh",
@@ -119,6 +139,7 @@ def test_quickstart_runs_in_a_fresh_runtime(tmp_path, fresh_python, monkeypatch)
   assert f"installing jaxnet from {source}" in stdout
   assert "rounds; held-out loss" in stdout
   assert "behaviour" in stdout
+  assert "market: 20 blocks; loss with neighbours" in stdout and "earned" in stdout
   imported = Path(re.search(r"^jaxnet (\S+)$", stdout, re.M).group(1)).resolve()
   site_packages = Path(_run([fresh_python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"])
                        .strip()).resolve()
