@@ -7,7 +7,8 @@ neighbours against alone.
 market.md §6: "the market pays contributors who create information-theoretic value". A
 peer's true marginal value is the exact leave-one-out loss increase its embeddings spare
 the peers that query it, summed over blocks (jaxnet.market.block). Each valuation
-(fisher2020, the 2020 code's score; obd, its textbook form; loo, the exact leave-one-out)
+(fisher2020, the 2020 code's score; obd, its textbook form; loo, the exact leave-one-out;
+shapley2022, the 2022 successor)
 runs market-small without the cabal (16 honest peers of graded data quality, 2 noise,
 2 lazy, 2 copiers; 6 random neighbours each) on every seed. Writes
 results/market_value.{json,png}.
@@ -22,7 +23,7 @@ from _common import out_paths, spread, write_json
 from _market import run_market, spearman
 
 PEERS = '["honest:16", "noise:2", "lazy:2", "copier:2"]'
-VALUATIONS = ("fisher2020", "obd", "loo")
+VALUATIONS = ("fisher2020", "obd", "loo", "shapley2022")
 
 
 def main(argv=None):

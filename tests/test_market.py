@@ -238,3 +238,35 @@ def test_the_market_can_be_paid_by_yuma_in_its_combined_layout(tmp_path):
     g = rec["ledger"]
     owner = int(np.floor(cfg.ledger.epoch_emission * cfg.ledger.owner_cut))
     assert sum(g["paid"]) + owner == g["minted"] == cfg.ledger.epoch_emission
+
+
+def test_shapley2022_base_and_synergy_by_hand():
+  """Two neighbours whose predictions are right on disjoint halves of the targets: their
+  averaged prediction beats either alone, so both get synergy on top of their base."""
+  V = 64   # losses above the 1.69 floor of the scaling law (byte-level losses are 2-5)
+  targets = jnp.array([[0, 1]])
+  mask = jnp.ones((1, 2))
+  a = jnp.zeros((1, 2, V)).at[0, 0, 0].set(3.0)   # right on position 0, uniform on 1
+  b = jnp.zeros((1, 2, V)).at[0, 1, 1].set(3.0)   # right on position 1, uniform on 0
+  logits = jnp.stack([a, b])
+  v = np.asarray(valuation.shapley2022(logits, targets, mask))
+  lp = jax.nn.log_softmax(logits)
+  L = [float(peers.nll(lp[k], targets, mask)) for k in range(2)]
+  mixed = float(peers.nll(jnp.logaddexp(lp[0], lp[1]) - jnp.log(2.0), targets, mask))
+  N = lambda loss: np.exp(0.5 * (np.log(8.8e13) - np.log(max(loss, 1.69)) / 0.076))  # noqa: E731
+  syn = max(N(mixed) - N(min(L)), 0.0) / 2 / 2
+  assert mixed < min(L) and syn > 0
+  np.testing.assert_allclose(v, [N(L[0]) + syn, N(L[1]) + syn], rtol=1e-4)
+
+
+def test_every_valuation_runs_a_block(market):
+  cfg, mk, st = market
+  batch = mrun.block_batch(cfg, mk.shards, 0, mk.corpus.eos_id)
+  import dataclasses
+  for v in ("obd", "loo", "shapley2022"):
+    m = dataclasses.replace(cfg.market, valuation=v)
+    _, out = mblock.block_step_jit(st, mk.topo, batch, jax.random.key(0), cfg=m)
+    assert np.isfinite(np.asarray(out["score"])).all()
+    np.testing.assert_allclose(np.asarray(out["W"]).sum(1), 1.0, atol=1e-5)
+    if v == "loo":
+      np.testing.assert_array_equal(np.asarray(out["score"]), np.asarray(out["loo"]))

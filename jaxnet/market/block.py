@@ -9,6 +9,7 @@ function is pure, so it can be vmapped over seeds; placement on a mesh is the ca
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, NamedTuple
 
 import jax
@@ -45,11 +46,14 @@ def optimizer(cfg: MarketConfig):
   return optax.adam(cfg.lr)
 
 
-def _value(cfg: MarketConfig, d, g, loo_K):
+def _value(cfg: MarketConfig, p, h, d, g, loo_K, targets, mask):
+  """[K] one peer's valuation of its neighbour slots (static choice, market.md §2, §4)."""
   if cfg.valuation == "fisher2020":
     return jax.vmap(valuation.fisher2020)(d, g)
   if cfg.valuation == "obd":
     return jax.vmap(valuation.obd)(d, g)
+  if cfg.valuation == "shapley2022":
+    return valuation.shapley2022(peers.single_logits(p, h, d, cfg.center), targets, mask)
   return loo_K
 
 
@@ -80,8 +84,9 @@ def block_step(state: MarketState, topo: Topology, batch: dict, key, *, cfg: Mar
     return valuation.loo(lambda dd: peers.loss(p, h_i, dd, t_i, m_i, cfg.center), d_i)
 
   loo_NxK = jax.vmap(loo_i)(params, h, d, targets, mask)
-  score_NxK = jax.vmap(lambda d_i, g_i, l_i: _value(cfg, d_i, g_i, l_i))(d, g_d, loo_NxK)
-  scores = valuation.smooth(state.scores, score_NxK, cfg.ema)
+  score_NxK = jax.vmap(partial(_value, cfg))(params, h, d, g_d, loo_NxK, targets, mask)
+  ema = cfg.shapley_ema if cfg.valuation == "shapley2022" else cfg.ema
+  scores = valuation.smooth(state.scores, score_NxK, ema)
   idx = jnp.arange(N)
   W = jax.vmap(lambda s, nb, i: valuation.row(s, nb, i, N, cfg.self_loop))(scores, topo.nbr, idx)
   W_cabal = jax.vmap(lambda i: valuation.cabal_row(topo.cabal, i, cfg.self_loop))(idx)

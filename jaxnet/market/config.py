@@ -9,7 +9,7 @@ from typing import Literal
 from jaxnet.configbase import require, static_config
 
 BEHAVIOURS = ("honest", "noise", "lazy", "copier", "cabal")
-VALUATIONS = ("fisher2020", "obd", "loo")
+VALUATIONS = ("fisher2020", "obd", "loo", "shapley2022")
 
 
 @static_config
@@ -32,8 +32,9 @@ class MarketConfig:
   data_noise: tuple[float, float] = (0.0, 0.6)  # honest peers' corrupted-token fraction,
                                    # graded linearly from the first honest peer to the last
   lr: float = 3e-3                 # Adam step size of every peer's own parameters
-  valuation: Literal["fisher2020", "obd", "loo"] = "fisher2020"  # market.md §2
+  valuation: Literal["fisher2020", "obd", "loo", "shapley2022"] = "fisher2020"  # §2, §4
   ema: float = 0.05                # score smoothing s <- (1 - ema) s + ema score (§3)
+  shapley_ema: float = 0.1         # the same for shapley2022 (the 2022 code's EMA, §4)
   self_loop: float = 0.5           # W_ii; the neighbours share 1 - self_loop (§3; 0 = none)
   return_gradients: bool = True    # dL_i/dd_j flows back into neighbour j's encoder (§1)
   center: bool = True              # the joiner centres each neighbour's embedding over the
@@ -65,6 +66,7 @@ class MarketConfig:
     require(0.0 <= lo <= hi <= 1.0, "market.data_noise", "need 0 <= low <= high <= 1")
     require(self.lr > 0, "market.lr", "must be positive")
     require(0.0 < self.ema <= 1.0, "market.ema", "must be in (0, 1]")
+    require(0.0 < self.shapley_ema <= 1.0, "market.shapley_ema", "must be in (0, 1]")
     require(0.0 <= self.self_loop < 1.0, "market.self_loop", "must be in [0, 1)")
     require(0.0 <= self.cabal_stake < 1.0, "market.cabal_stake", "must be in [0, 1)")
     require(self.cabal_stake == 0.0 or "cabal" in self.behaviours(), "market.cabal_stake",

@@ -59,10 +59,20 @@ def loss(p: PeerParams, h_BxLxE, d_KxBxLxE, targets_BxL, mask_BxL, center: bool 
   With `center` the joiner sees each neighbour's embedding minus its mean over the batch's
   positions: what a neighbour tells about this input, not a constant (a fixed vector
   would otherwise act as a second output bias, and every valuation would pay for it)."""
+  return _nll(p, h_BxLxE + jnp.sum(_joined(p, d_KxBxLxE, center), axis=0), targets_BxL,
+              mask_BxL)
+
+
+def _joined(p: PeerParams, d_KxBxLxE, center: bool) -> jax.Array:
+  """[K, B, L, E] each neighbour's term of the joiner, d_k J_k (centred: see `loss`)."""
   if center:
     d_KxBxLxE = d_KxBxLxE - jnp.mean(d_KxBxLxE, axis=(1, 2), keepdims=True)
-  return _nll(p, h_BxLxE + jnp.einsum("kble,kef->blf", d_KxBxLxE, p.join), targets_BxL,
-              mask_BxL)
+  return jnp.einsum("kble,kef->kblf", d_KxBxLxE, p.join)
+
+
+def single_logits(p: PeerParams, h_BxLxE, d_KxBxLxE, center: bool = True) -> jax.Array:
+  """[K, B, L, V] the peer's prediction with one neighbour at a time (market.md §4)."""
+  return (h_BxLxE[None] + _joined(p, d_KxBxLxE, center)) @ p.head + p.head_b
 
 
 def loss_alone(p: PeerParams, tokens_BxL, targets_BxL, mask_BxL) -> jax.Array:
@@ -71,9 +81,13 @@ def loss_alone(p: PeerParams, tokens_BxL, targets_BxL, mask_BxL) -> jax.Array:
 
 
 def _nll(p: PeerParams, z_BxLxE, targets_BxL, mask_BxL) -> jax.Array:
-  logits = z_BxLxE @ p.head + p.head_b
-  nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), targets_BxL[..., None], -1)[..., 0]
-  return jnp.sum(nll * mask_BxL) / jnp.maximum(jnp.sum(mask_BxL), 1.0)
+  return nll(jax.nn.log_softmax(z_BxLxE @ p.head + p.head_b), targets_BxL, mask_BxL)
+
+
+def nll(logp_BxLxV, targets_BxL, mask_BxL) -> jax.Array:
+  """Masked mean negative log-likelihood of the targets."""
+  out = -jnp.take_along_axis(logp_BxLxV, targets_BxL[..., None], -1)[..., 0]
+  return jnp.sum(out * mask_BxL) / jnp.maximum(jnp.sum(mask_BxL), 1.0)
 
 
 def serve(params: PeerParams, tokens_NxBxL, nbr_NxK, src_N, kind_N, const_NxE, key):

@@ -6,6 +6,9 @@ For peer i and neighbour slot k, d = the embedding served (any shape), g = dL_i/
                                              empirical-Fisher diagonal, as written there)
   obd         -<d, g> + 1/2 <d^2, g^2>      Optimal Brain Damage, empirical Fisher curvature
   loo         L_i(d_k := 0) - L_i           exact leave-one-out (one extra head pass)
+  shapley2022 base + synergy                 the 2022 successor (§4): the value of the
+                                             peer's loss with that neighbour alone through
+                                             an inverted scaling law, plus pairwise synergy
 
 Each is the loss increase from removing the neighbour (Delta d = -d); larger = more value.
 """
@@ -13,6 +16,10 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+
+from jaxnet.market.peers import nll
+
+SCALING_N, SCALING_ALPHA, LOSS_FLOOR = 8.8e13, 0.076, 1.69   # market.md §4 (the 2022 code)
 
 
 def fisher2020(d, g):
@@ -61,3 +68,33 @@ def cabal_row(member_N, self_index, self_loop: float):
   w = jnp.where(others, (1.0 - self_loop) / jnp.maximum(n_others, 1), 0.0)
   w = jnp.where(n_others > 0, w, 0.0)
   return w.at[self_index].add(jnp.where(n_others > 0, self_loop, 1.0))
+
+
+def scaling_value(loss, power: float = 0.5):
+  """market.md §4: N(L) = exp(ln 8.8e13 - ln(max(L, 1.69)) / 0.076), to the power 0.5
+  (computed in log space: N itself overflows float32 near the floor)."""
+  log_n = jnp.log(SCALING_N) - jnp.log(jnp.maximum(loss, LOSS_FLOOR)) / SCALING_ALPHA
+  return jnp.exp(power * log_n)
+
+
+def shapley2022(logits_KxBxLxV, targets_BxL, mask_BxL, power: float = 0.5):
+  """[K] the 2022 value of each neighbour (market.md §4) from the peer's predictions with
+  one neighbour at a time: base N(L_k)^p, plus for every pair (a, b) max(N(measured)^p -
+  N(expected)^p, 0) / 2 / K to each member, measured = the loss of the averaged
+  predictions, expected = min(L_a, L_b). Every neighbour answers here, so K responsive.
+  The 2022 routing gates (which neighbours to query) are not modelled: every peer here
+  queries its whole neighbourhood through a joiner without routing."""
+  logp = jax.nn.log_softmax(logits_KxBxLxV)
+  K = logp.shape[0]
+  loss_K = jax.vmap(lambda lp: nll(lp, targets_BxL, mask_BxL))(logp)
+  base_K = scaling_value(loss_K, power)
+
+  def pair(a, b):
+    mixed = jnp.logaddexp(logp[a], logp[b]) - jnp.log(2.0)   # log of the averaged probabilities
+    measured = nll(mixed, targets_BxL, mask_BxL)
+    expected = jnp.minimum(loss_K[a], loss_K[b])
+    return jnp.maximum(scaling_value(measured, power) - scaling_value(expected, power), 0.0)
+
+  syn_KxK = jax.vmap(lambda a: jax.vmap(lambda b: pair(a, b))(jnp.arange(K)))(jnp.arange(K))
+  syn_KxK = jnp.where(jnp.eye(K, dtype=bool), 0.0, syn_KxK)
+  return base_K + jnp.sum(syn_KxK, axis=1) / 2.0 / K
