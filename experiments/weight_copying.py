@@ -78,7 +78,6 @@ def main(argv=None):
               f"(seeds {np.round(per_seed, 3).tolist()}), last epoch "
               f"{out['variants'][key]['ratio_last_epoch']['mean']:.3f}")
   out["seconds_replay"] = time.perf_counter() - t0
-  out["network_seconds"] = [r["seconds"] for r in recs]
   out["property_holds"] = {
       y: {f"R{R}": not out["variants"][f"consensus/{y}/R{R}"]["copier_pays"] for R in (0, 1, 2)}
       for y in YUMAS}
