@@ -6,7 +6,11 @@ with the 2020 regulariser (rho, kappa sweep) and without it (plain ranks, rho = 
 Claim (market.md §6, bittensor.md §1.3): a cabal under 50 % of the stake loses stake share
 over blocks, above 50 % it wins. The cabal (4 of 24 peers) serves noise and weights only
 its own members; the honest peers' rows are what their valuations (fisher2020) learned in
-a live market-small run. The stake does not feed back into training, so each seed runs
+a live market-small run, with each peer querying 6 random others (k_random, as shipped)
+or every other peer (all); and with the 2020 code's rule for rows (shift the scores by
+2 |min|: every neighbour keeps a positive weight, the cabal included) or with negative
+scores clipped to 0 (an honest peer cuts a neighbour that hurts it, so the cabal is
+disjoint from the honest peers, the setting of the paper's argument). The stake does not feed back into training, so each seed runs
 the market once and the 2020 integer ledger is replayed over its recorded rows of W for
 every initial cabal share and (rho, kappa) in one vmapped call per setting (the replay of
 the run's own stake equals the run's ledger exactly; checked below). Writes
@@ -56,13 +60,28 @@ def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__)
   ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
   ap.add_argument("--blocks", type=int, default=300)
+  ap.add_argument("--topologies", nargs="+", default=["k_random", "all"])
+  ap.add_argument("--row-rules", nargs="+", default=["shift", "clip"])
   args = ap.parse_args(argv)
-  base = load_config(CONFIG, ["--market.peers", PEERS])
   out = {"seeds": args.seeds, "blocks": args.blocks, "peers": PEERS, "shares": SHARES,
-         "settings": {}}
-  runs = [run_market("market-collusion", s, ["--market.peers", PEERS,
-                                             "--market.blocks", str(args.blocks)])
-          for s in args.seeds]
+         "markets": {}}
+  curves = {}
+  for rule in args.row_rules:
+    for topo in args.topologies:
+      key = f"{topo}/{rule}"
+      out["markets"][key], curves[key] = sweep(args, topo, rule)
+  json_path, png_path = out_paths("market_collusion")
+  write_json(json_path, out)
+  plot(curves, png_path)
+
+
+def sweep(args, topo: str, rule: str):
+  """Every (rho, kappa) setting and initial cabal share over the runs of one market."""
+  over = ["--market.peers", PEERS, "--market.topology", topo, "--market.row_rule", rule]
+  base = load_config(CONFIG, over)
+  out = {"settings": {}}
+  runs = [run_market(f"market-collusion-{topo}-{rule}", s,
+                     over + ["--market.blocks", str(args.blocks)]) for s in args.seeds]
   beh = np.array(runs[0]["behaviours"])
   cabal = beh == "cabal"
   n = len(beh)
@@ -96,31 +115,34 @@ def main(argv=None):
         "final_share": [spread(finals[:, i]) for i in range(len(SHARES))],
         "loses_share": [bool((finals[:, i] < x).all()) for i, x in enumerate(SHARES)]}
     curves[name] = np.mean(traj, axis=0)
-    print(f"{name:22s} final cabal share " + " ".join(
+    print(f"{topo:8s} {rule:5s} {name:22s} final cabal share " + " ".join(
         f"{x:.2f}->{finals[:, i].mean():.3f}" for i, x in enumerate(SHARES)))
-  reg = out["settings"]["rho 10, kappa 0.5"]
+  reg = out["settings"]["rho 10, kappa 0.5"]   # the paper's setting
   out["claim_below_half_loses"] = all(
       reg["loses_share"][i] for i, x in enumerate(SHARES) if x < 0.5)
   out["claim_above_half_wins"] = all(
       not reg["loses_share"][i] for i, x in enumerate(SHARES) if x > 0.5)
   out["seconds_markets"] = [r["seconds"] for r in runs]
-  json_path, png_path = out_paths("market_collusion")
-  write_json(json_path, out)
-  plot(curves, png_path)
+  return out, curves
 
 
 def plot(curves: dict, path) -> None:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  fig, axes = plt.subplots(1, len(curves), figsize=(4 * len(curves), 3.6), sharey=True)
-  for ax, (name, share_DxT) in zip(axes, curves.items()):
-    for i, x in enumerate(SHARES):
-      ax.plot(share_DxT[i], color=plt.cm.coolwarm(i / (len(SHARES) - 1)), label=f"{x:.2f}")
-    ax.set_title(name, fontsize=9)
-    ax.set_xlabel("block")
-  axes[0].set_ylabel("cabal stake share (mean over seeds)")
-  axes[-1].legend(fontsize=6, title="start", title_fontsize=6)
+  topos = list(curves)
+  names = list(curves[topos[0]])
+  fig, axes = plt.subplots(len(topos), len(names), figsize=(3.4 * len(names), 3 * len(topos)),
+                           sharey=True, squeeze=False)
+  for r, topo in enumerate(topos):
+    for ax, name in zip(axes[r], names):
+      for i, x in enumerate(SHARES):
+        ax.plot(curves[topo][name][i], color=plt.cm.coolwarm(i / (len(SHARES) - 1)),
+                label=f"{x:.2f}")
+      ax.set_title(f"{topo}: {name}", fontsize=8)
+      ax.set_xlabel("block")
+    axes[r][0].set_ylabel("cabal stake share")
+  axes[0][-1].legend(fontsize=6, title="start", title_fontsize=6)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)

@@ -88,7 +88,8 @@ def block_step(state: MarketState, topo: Topology, batch: dict, key, *, cfg: Mar
   ema = cfg.shapley_ema if cfg.valuation == "shapley2022" else cfg.ema
   scores = valuation.smooth(state.scores, score_NxK, ema)
   idx = jnp.arange(N)
-  W = jax.vmap(lambda s, nb, i: valuation.row(s, nb, i, N, cfg.self_loop))(scores, topo.nbr, idx)
+  W = jax.vmap(lambda s, nb, i: valuation.row(s, nb, i, N, cfg.self_loop, cfg.row_rule))(
+      scores, topo.nbr, idx)
   W_cabal = jax.vmap(lambda i: valuation.cabal_row(topo.cabal, i, cfg.self_loop))(idx)
   W = jnp.where(topo.cabal[:, None], W_cabal, W)
 

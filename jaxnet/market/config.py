@@ -36,6 +36,8 @@ class MarketConfig:
   ema: float = 0.05                # score smoothing s <- (1 - ema) s + ema score (§3)
   shapley_ema: float = 0.1         # the same for shapley2022 (the 2022 code's EMA, §4)
   self_loop: float = 0.5           # W_ii; the neighbours share 1 - self_loop (§3; 0 = none)
+  row_rule: Literal["shift", "clip"] = "shift"  # scores -> row: shift by 2|min| (the 2020
+                                   # code, §3) or clip negative scores to 0 (cut a neighbour)
   return_gradients: bool = True    # dL_i/dd_j flows back into neighbour j's encoder (§1)
   center: bool = True              # the joiner centres each neighbour's embedding over the
                                    # batch (a fixed vector then tells nothing about the input)

@@ -163,7 +163,7 @@ class Market:
             "stake": stake.astype(np.int64).tolist(), "value": out["value"].round(6).tolist(),
             "peer_loss": out["loss"].round(5).tolist(),
             "peer_loss_alone": out["loss_alone"].round(5).tolist(),
-            "W": out["W"].round(5).tolist(), "ledger": log}
+            "W": out["W"].tolist(), "ledger": log}   # exact: experiments replay the ledger on it
 
 
 def run(cfg: Config, *, progress: bool = True, stop_after: int | None = None,

@@ -49,10 +49,21 @@ def smooth(s_K, score_K, ema: float):
   return (1.0 - ema) * s_K + ema * score_K
 
 
-def row(s_K, nbr_K, self_index, n: int, self_loop: float):
-  """One row of W [n] (market.md §3): shift the scores by 2 |min| so all are >= 0,
-  normalise them to 1 - self_loop over the neighbours, self_loop on W_ii. Equal scores
-  (e.g. all zero before any block) give every neighbour an equal share."""
+def row(s_K, nbr_K, self_index, n: int, self_loop: float, rule: str = "shift"):
+  """One row of W [n] (market.md §3), summing to 1 with self_loop on W_ii.
+
+  rule "shift" (the 2020 code): add 2 |min| to the scores so all are >= 0 and normalise
+  them to 1 - self_loop over the neighbours; equal scores (e.g. all zero before any block)
+  share equally, and every neighbour but a lone minimum keeps a positive weight. Rule
+  "clip": negative scores get 0 (a peer cuts the neighbours that hurt it); with no positive
+  score the neighbours' share goes to the self-loop.
+  """
+  if rule == "clip":
+    kept = jnp.maximum(s_K, 0.0)
+    total = jnp.sum(kept)
+    share = jnp.where(total > 0, kept / jnp.where(total > 0, total, 1.0), 0.0)
+    w = jnp.zeros((n,), s_K.dtype).at[nbr_K].add((1.0 - self_loop) * share)
+    return w.at[self_index].add(jnp.where(total > 0, self_loop, 1.0))
   shifted = s_K + 2.0 * jnp.abs(jnp.min(s_K))
   total = jnp.sum(shifted)
   share = jnp.where(total > 0, shifted / jnp.where(total > 0, total, 1.0),
