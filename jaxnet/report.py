@@ -218,6 +218,7 @@ def main(argv: list[str]) -> int:
           f"{recs[-1]['loss']:.4f}" + (f", alone {recs[-1]['loss_alone']:.4f}"
                                         if recs[-1]["loss_alone"] is not None else ""))
     print(market_report.table(recs, behaviours))
+    print(market_report.audit(run_dir if run_dir.is_dir() else run_dir.parent, recs))
   elif "report" in recs[0]:
     rec = pick_round(recs, args.round)
     print(f"round {rec['round']}: validation loss {rec['val_loss']:.4f}, "

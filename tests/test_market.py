@@ -233,6 +233,15 @@ def test_a_market_run_reports_its_table_and_figure(tmp_path, capsys):
   assert main(["report", out]) == 0
   text = capsys.readouterr().out
   assert "earned" in text and "cabal" in text and (tmp_path / "m" / "market.png").exists()
+  assert "ledger audit (ledger.jsonl): 3 epochs" in text
+  # a tampered log is caught
+  from jaxnet.ledger import LedgerAuditError, audit_epoch_log
+  log = tmp_path / "m" / "ledger.jsonl"
+  lines = log.read_text().splitlines()
+  lines[1] = lines[1].replace('"minted":', '"minted":1', 1)
+  log.write_text("\n".join(lines) + "\n")
+  with pytest.raises(LedgerAuditError):
+    audit_epoch_log(log)
 
 
 def test_the_market_can_be_paid_by_yuma_in_its_combined_layout(tmp_path):

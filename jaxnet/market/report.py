@@ -1,5 +1,10 @@
 """`jaxnet report` of a market run: a per-peer table and three figures (market.md §6).
 
+Audit: the run's ledger epochs (kept in metrics.jsonl, which stays consistent through a
+kill and resume) are written as the ledger's JSONL epoch log, `ledger.jsonl`, and
+re-audited (`jaxnet.ledger.audit_epoch_log`: minted == owner + paid on every line, and
+the per-peer totals must equal what each peer earned).
+
 Table: per peer its behaviour, stake share, share of everything minted, cumulative true
 marginal value (the exact leave-one-out loss increase its embeddings spare the peers that
 query it, summed over blocks), and its loss with and without neighbours. Figures: W of the
@@ -8,6 +13,7 @@ earned share against its true marginal value.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -69,3 +75,26 @@ def plot(run_dir: Path, recs: list[dict], behaviours: list[str] | None) -> list[
   fig.savefig(path, dpi=110)
   plt.close(fig)
   return [path]
+
+
+def audit(run_dir: Path, recs: list[dict]) -> str:
+  """Writes `ledger.jsonl` from the run's epochs, audits it, returns a one-line summary."""
+  from jaxnet.ledger import LedgerAuditError, audit_epoch_log
+  path = run_dir / "ledger.jsonl"
+  with path.open("w") as f:
+    for r in recs:
+      g = r.get("ledger")
+      if not g:
+        continue
+      paid = [[i, int(u)] for i, u in enumerate(g["paid"]) if u]
+      owner = g["minted"] - sum(u for _, u in paid)   # Yuma's owner cut; 0 in the 2020 mode
+      f.write(json.dumps({"epoch": g["epoch"], "minted": g["minted"], "owner": owner,
+                          "miners": paid, "validators": []}, separators=(",", ":")) + "\n")
+  totals = audit_epoch_log(path)
+  got = np.zeros(len(recs[0]["stake"]), np.int64)
+  for uid, units in totals["miners"].items():
+    got[uid] = units
+  if not np.array_equal(got, earned(recs)):
+    raise LedgerAuditError(f"{path}: per-peer totals differ from the run's payouts")
+  return (f"ledger audit ({path.name}): {totals['epochs']} epochs, minted {totals['minted']} = "
+          f"owner {totals['owner']} + paid {int(got.sum())}, per peer as recorded")
