@@ -37,6 +37,20 @@ def require(cond: bool, name: str, msg: str) -> None:
     raise ConfigError(f"{name}: {msg}")
 
 
+def behaviour_groups(items, known, name: str) -> list[str]:
+  """("behaviour:count", ...) -> one behaviour per member, in order; a one-line
+  ConfigError naming `name[i]` for an unknown behaviour or a malformed count."""
+  out = []
+  for i, item in enumerate(items):
+    kind, _, count = item.partition(":")
+    require(kind in known, f"{name}[{i}]",
+            f"unknown behaviour {kind!r} (known: {', '.join(known)})")
+    require(count.isdigit() and int(count) > 0, f"{name}[{i}]",
+            f"{item!r} must look like 'behaviour:count' with count > 0")
+    out += [kind] * int(count)
+  return out
+
+
 @functools.cache
 def field_docs(cls: type) -> dict[str, str]:
   """One-line doc of every annotated field of `cls`, from the comments in its source.

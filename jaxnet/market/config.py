@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from jaxnet.configbase import require, static_config
+from jaxnet.configbase import behaviour_groups, require, static_config
 
 BEHAVIOURS = ("honest", "noise", "lazy", "copier", "cabal")
 VALUATIONS = ("fisher2020", "obd", "loo", "shapley2022")
@@ -47,14 +47,7 @@ class MarketConfig:
   seed: int = 0                    # parameters, topology, behaviours' randomness, batches
 
   def __post_init__(self):
-    total = 0
-    for i, item in enumerate(self.peers):
-      name, _, count = item.partition(":")
-      require(name in BEHAVIOURS, f"market.peers[{i}]",
-              f"unknown behaviour {name!r} (known: {', '.join(BEHAVIOURS)})")
-      require(count.isdigit() and int(count) > 0, f"market.peers[{i}]",
-              f"{item!r} must look like 'behaviour:count' with count > 0")
-      total += int(count)
+    total = len(self.behaviours())   # checks every group (one-line errors)
     require(total >= 2, "market.peers", "need at least 2 peers")
     require(self.behaviours()[0] == "honest" or "copier" not in self.behaviours(),
             "market.peers", "a copier copies the honest peer before it: list honest peers first")
@@ -75,11 +68,8 @@ class MarketConfig:
             "is set but market.peers has no cabal")
 
   def behaviours(self) -> list[str]:
-    out = []
-    for item in self.peers:
-      name, _, count = item.partition(":")
-      out += [name] * int(count)
-    return out
+    """Behaviour of every peer, in peer order."""
+    return behaviour_groups(self.peers, BEHAVIOURS, "market.peers")
 
   @property
   def n_peers(self) -> int:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from jaxnet.configbase import require, static_config
+from jaxnet.configbase import behaviour_groups, require, static_config
 
 BEHAVIOURS = ("honest", "free_rider", "zeros", "copier", "noise", "malformed", "late", "early",
               "desync", "wrong_data", "replay", "sybil", "degraded",
@@ -49,14 +49,7 @@ class SimConfig:
   storage: str = "memory"          # "memory" or a directory path for the local backend
 
   def __post_init__(self):
-    total = 0
-    for i, item in enumerate(self.peers):
-      name, _, count = item.partition(":")
-      require(name in BEHAVIOURS, f"sim.peers[{i}]",
-              f"unknown behaviour {name!r} (known: {', '.join(BEHAVIOURS)})")
-      require(count.isdigit() and int(count) > 0, f"sim.peers[{i}]",
-              f"{item!r} must look like 'behaviour:count' with count > 0")
-      total += int(count)
+    total = len(self.behaviours())   # checks every group (one-line errors)
     require(total >= 2, "sim.peers", "need at least 2 peers")
     require(self.rounds > 0, "sim.rounds", "must be positive")
     require(self.desync_every >= 2, "sim.desync_every", "must be >= 2")
@@ -102,8 +95,4 @@ class SimConfig:
 
   def behaviours(self) -> list[str]:
     """Behaviour of every uid, in uid order."""
-    out = []
-    for item in self.peers:
-      name, _, count = item.partition(":")
-      out += [name] * int(count)
-    return out
+    return behaviour_groups(self.peers, BEHAVIOURS, "sim.peers")
