@@ -33,6 +33,15 @@ def fresh_run_dir(name: str) -> str:
   return str(path)
 
 
+def save_figure(fig, path: Path, rect=None) -> None:
+  """tight_layout, 110 dpi PNG, close, and say where it went (every experiment's figure)."""
+  import matplotlib.pyplot as plt
+  fig.tight_layout(**({"rect": rect} if rect else {}))
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  print(f"wrote {path}")
+
+
 def write_json(path: Path, data: dict) -> None:
   path.write_text(json.dumps(data, indent=2, default=lambda o: np.asarray(o).tolist()))
   print(f"wrote {path}")

@@ -16,7 +16,7 @@ import argparse
 
 import numpy as np
 
-from _common import out_paths, spread, write_json
+from _common import out_paths, save_figure, spread, write_json
 from _market import run_market
 
 
@@ -76,10 +76,7 @@ def plot(out: dict, path) -> None:
   ax.axhline(1.0, color="k", lw=0.5)
   ax.set_ylabel("emission per peer / an honest peer's (mean, min-max)")
   ax.set_title(f"market-small, {len(out['seeds'])} seeds, {out['blocks']} blocks", fontsize=9)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  print(f"wrote {path}")
+  save_figure(fig, path)
 
 
 if __name__ == "__main__":

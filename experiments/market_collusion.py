@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from _common import out_paths, spread, write_json
+from _common import out_paths, save_figure, spread, write_json
 from _market import CONFIG, run_market
 from jaxnet.config import load_config
 from jaxnet.ledger import BitTensorConfig, init_ledger
@@ -143,10 +143,7 @@ def plot(curves: dict, path) -> None:
       ax.set_xlabel("block")
     axes[r][0].set_ylabel("cabal stake share")
   axes[0][-1].legend(fontsize=6, title="start", title_fontsize=6)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  print(f"wrote {path}")
+  save_figure(fig, path)
 
 
 if __name__ == "__main__":

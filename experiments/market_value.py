@@ -19,7 +19,7 @@ import argparse
 
 import numpy as np
 
-from _common import out_paths, spread, write_json
+from _common import out_paths, save_figure, spread, write_json
 from _market import run_market, spearman
 
 PEERS = '["honest:16", "noise:2", "lazy:2", "copier:2"]'
@@ -80,10 +80,7 @@ def plot(examples: dict, path, seed: int) -> None:
     ax.set_xlabel("true marginal value (leave-one-out, summed)")
   np.atleast_1d(axes)[0].set_ylabel("share of emission")
   np.atleast_1d(axes)[0].legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  print(f"wrote {path}")
+  save_figure(fig, path)
 
 
 if __name__ == "__main__":

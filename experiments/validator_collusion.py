@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from _common import out_paths, spread, write_json
+from _common import out_paths, save_figure, spread, write_json
 from _validators import (FULL, SAMPLED, args_and_recordings, first_paid_epoch, replay,
                          stake_draws)
 from jaxnet.ledger import LedgerConfig, YumaConfig
@@ -93,10 +93,7 @@ def plot(out: dict, path) -> None:
   ax.set_xlabel("coalition stake share")
   ax.set_ylabel("emission share (mean, min-max over seeds)")
   ax.legend(fontsize=6)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  print(f"wrote {path}")
+  save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from _common import out_paths, spread, write_json
+from _common import out_paths, save_figure, spread, write_json
 from _validators import (FULL, SAMPLED, args_and_recordings, first_paid_epoch, replay,
                          stake_draws)
 from jaxnet.ledger import LedgerConfig, YumaConfig
@@ -108,10 +108,7 @@ def plot(out: dict, path) -> None:
     ax.set_xticklabels([k.replace("yuma3+liquid", "Yuma 3 + LA").replace("yuma2", "Yuma 2")
                         .replace("/", "\n") for k in keys], fontsize=6)
     ax.set_title(label, fontsize=9)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  print(f"wrote {path}")
+  save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from _common import out_paths, spread, write_json
+from _common import out_paths, save_figure, spread, write_json
 from _validators import args_and_recordings, first_paid_epoch, replay, stake_draws
 from jaxnet.ledger import LedgerConfig, YumaConfig
 from jaxnet.sim import chain
@@ -103,11 +103,8 @@ def plot(curves: dict, path) -> None:
     ax.set_xlabel("epoch")
   axes[0].set_ylabel("copier / honest dividends per unit stake")
   handles, labels = axes[0].get_legend_handles_labels()
-  fig.tight_layout(rect=(0, 0, 0.86, 1))
   fig.legend(handles, labels, loc="center right", fontsize=7)
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  print(f"wrote {path}")
+  save_figure(fig, path, rect=(0, 0, 0.86, 1))
 
 
 if __name__ == "__main__":
