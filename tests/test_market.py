@@ -91,30 +91,37 @@ def market():
 
 
 def _loop_reference(cfg, mk, st, batch, key):
-  """The slow reference: peer by peer, the same pieces, summed gradients."""
+  """The slow reference: peer by peer (one jitted function of the peer index), the same
+  pieces, the gradients of every peer's loss summed."""
   m, topo = cfg.market, mk.topo
-  d = peers.serve(st.params, batch["inputs"], topo.nbr, topo.src, topo.kind, topo.const, key)
-  N = d.shape[0]
-  take = lambda tree, i: jax.tree.map(lambda x: x[i], tree)   # noqa: E731
-  grads = jax.tree.map(jnp.zeros_like, st.params)
-  losses, scores = [], []
-  for i in range(N):
-    def L_i(params, i=i):
+  batch = {k: jnp.asarray(v) for k, v in batch.items()}   # indexed by a traced peer index
+
+  @jax.jit
+  def one(params, i):
+    def L_i(params):
       dd = peers.serve(params, batch["inputs"], topo.nbr, topo.src, topo.kind, topo.const,
                        key)[i]
       if not m.return_gradients:
         dd = jax.lax.stop_gradient(dd)
-      p = take(params, i)
+      p = jax.tree.map(lambda x: x[i], params)
       return peers.loss(p, peers.encode(p, batch["inputs"][i]), dd, batch["targets"][i],
                         batch["mask"][i], m.center)
-    loss_i, g = jax.value_and_grad(L_i)(st.params)
-    grads = jax.tree.map(jnp.add, grads, g)
-    p = take(st.params, i)
+    loss_i, g = jax.value_and_grad(L_i)(params)
+    d_i = peers.serve(params, batch["inputs"], topo.nbr, topo.src, topo.kind, topo.const,
+                      key)[i]
+    p = jax.tree.map(lambda x: x[i], params)
     h = peers.encode(p, batch["inputs"][i])
     g_d = jax.grad(lambda dd: peers.loss(p, h, dd, batch["targets"][i], batch["mask"][i],
-                                         m.center))(d[i])
-    scores.append([float(valuation.fisher2020(d[i, k], g_d[k])) for k in range(d.shape[1])])
+                                         m.center))(d_i)
+    return loss_i, g, jax.vmap(valuation.fisher2020)(d_i, g_d)
+
+  grads = jax.tree.map(jnp.zeros_like, st.params)
+  losses, scores = [], []
+  for i in range(topo.nbr.shape[0]):
+    loss_i, g, score = one(st.params, i)
+    grads = jax.tree.map(jnp.add, grads, g)
     losses.append(float(loss_i))
+    scores.append(np.asarray(score))
   return np.array(losses), np.array(scores), grads
 
 
@@ -274,6 +281,7 @@ def test_shapley2022_base_and_synergy_by_hand():
   np.testing.assert_allclose(v, [N(L[0]) + syn, N(L[1]) + syn], rtol=1e-4)
 
 
+@pytest.mark.slow   # three more compilations of the block
 def test_every_valuation_runs_a_block(market):
   cfg, mk, st = market
   batch = mrun.block_batch(cfg, mk.shards, 0, mk.corpus.eos_id)

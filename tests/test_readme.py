@@ -61,10 +61,12 @@ def test_every_readme_command_runs_in_order(tmp_path, monkeypatch, capsys):
   monkeypatch.chdir(tmp_path)
   for argv in readme_commands():
     tiny = TINY if argv[0] in ("train", "simulate") and "--help" not in argv else []
+    if argv[0] == "market":
+      tiny = ["--market.blocks", "3"]
     rc = cli.main(argv + tiny)
     err = capsys.readouterr().err
     assert rc == 0, (argv, err[-2000:])
     assert "Traceback" not in err, (argv, err[-2000:])
   runs = sorted(p.name for p in (tmp_path / "runs").iterdir())
   assert {"sim-tiny", "tiny", "small", "small-demo", "sim-small", "readme-shards",
-          "tiny-readme"} <= set(runs), runs
+          "tiny-readme", "sim-validators", "market-tiny"} <= set(runs), runs

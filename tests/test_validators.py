@@ -20,7 +20,7 @@ from jaxnet.sim import chain, network
 
 SIM_TINY = Path(__file__).resolve().parents[1] / "configs" / "sim-tiny.yaml"
 PEERS = '["honest:3", "noise:1", "copier:1"]'
-BASE = ["--sim.rounds", "4", "--sim.ledger_every", "2", "--checkpoint.every", "2",
+BASE = ["--sim.rounds", "3", "--sim.ledger_every", "1", "--checkpoint.every", "2",
         "--sim.peers", PEERS, "--sim.validators", "3", "--sim.validator_stake", "[3.0, 1.0, 2.0]",
         "--sim.validator_behaviours", '["honest", "sampled:2", "copier:0"]']
 
@@ -59,6 +59,7 @@ def test_v_validators_in_one_call_equal_a_loop_over_validators(three):
   assert rep_V["evaluated"][1].sum() <= 2 < rep_V["evaluated"][0].sum()
 
 
+@pytest.mark.slow   # 30 s; the one-call test checks a group of one against score_round in CI
 def test_one_validator_gives_the_single_validator_round(tmp_path):
   """With V = 1 the network's round is today's single-validator round on the same inputs."""
   cfg = load_config(SIM_TINY, ["--sim.rounds", "2", "--sim.peers", PEERS,
@@ -75,6 +76,7 @@ def test_one_validator_gives_the_single_validator_round(tmp_path):
     np.testing.assert_array_equal(np.asarray(rec["report"][k]), np.asarray(x), err_msg=k)
 
 
+@pytest.mark.slow   # CI covers the network's kill-and-resume in tests/test_sim.py
 def test_kill_and_resume_with_validators_and_commit_reveal_is_bit_exact(three, tmp_path):
   cfg = load_config(SIM_TINY, BASE + ["--train.out_dir", str(tmp_path)])
   network.simulate(cfg, progress=False, stop_after=2)
