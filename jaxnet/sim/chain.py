@@ -148,8 +148,7 @@ def chain_step(state: ChainState, own_VxN, active_N, spec: ChainSpec):
   log = {"epoch": e, "minted": rec.minted, "owner": rec.owner,
          "validator_units": paid_validator, "miner_units": paid_server,
          "stake_units": state.ledger.stake[:V], "committed": ~offline,
-         "revealed_epoch": rv.revealed_epoch, "active": active_V,
-         "agreement": agreement(rv.revealed, cons_N)}
+         "revealed_epoch": rv.revealed_epoch, "active": active_V}
   if p.mechanism == "yuma":   # the epoch's terms: the same pure epoch on the same inputs
     mk = masks._replace(permit=masks.permit & state.ledger.permit)
     out = epoch_core(W, state.ledger.stake.astype(W.dtype), state.ledger.bonds, p.yuma, mk, 1.0)
@@ -161,8 +160,10 @@ def chain_step(state: ChainState, own_VxN, active_N, spec: ChainSpec):
                clipped=out.prerank[m] - out.rank[m], prerank=out.prerank[m],
                agreement=agreement(out.weights[v, m], out.consensus[m]))
   else:
+    # no Yuma consensus here: agreement with the kappa-median a copier computes
     log.update(consensus=rec.consensus[V:] if spec.square else rec.consensus,
-               incentive=rec.incentive[V:] if spec.square else rec.incentive)
+               incentive=rec.incentive[V:] if spec.square else rec.incentive,
+               agreement=agreement(rv.revealed, cons_N))
   return ChainState(ledger, rv, set_epoch, stale, has_stale), log
 
 
