@@ -51,8 +51,8 @@ def epoch_numpy(W, S, B_prev=None, params: YumaConfig = YumaConfig(), masks=None
   V, M = w.shape
   S = np.asarray(S, dtype)
   b_prev = np.zeros((V, M), dtype) if B_prev is None else np.asarray(B_prev, dtype)
-  if masks is None:
-    active, permit = np.ones(V, bool), np.ones(V, bool)
+  if masks is None:   # as `yuma.epoch`: everyone active, the permits a first epoch stores
+    active, permit = np.ones(V, bool), None
     outdated, recent = np.zeros((V, M), bool), np.zeros(M, bool)
   else:
     active, permit, outdated, recent = (np.asarray(m, bool) for m in masks)
@@ -62,6 +62,7 @@ def epoch_numpy(W, S, B_prev=None, params: YumaConfig = YumaConfig(), masks=None
   rank_pos = np.empty(V, int)
   rank_pos[order] = np.arange(V)
   new_permit = (s != 0) & (rank_pos >= V - min(p.max_validators, V)) | owner
+  permit = new_permit if permit is None else permit
   a = _normalize(np.where(active & permit, s, 0))
   w[~permit] = 0
   if p.layout == "combined":

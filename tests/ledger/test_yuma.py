@@ -270,6 +270,18 @@ def test_epoch_matches_numpy_reference(p):
                                err_msg=k)
 
 
+def test_default_masks_match_numpy_reference_past_max_validators():
+  """Without masks both take the permits a first epoch stores: with more staked validators
+  than max_validators, the smallest stakes hold none (benchmarks/ledger.py at 256 x 4096)."""
+  rng = np.random.default_rng(5)
+  p = YumaConfig(max_validators=4)
+  W, S = rng.random((7, 5)), rng.random(7) + 0.1
+  out, ref = epoch(W, S, None, p), epoch_numpy(W, S, None, p)
+  assert np.count_nonzero(ref["active_stake"]) == 4
+  for k, v in ref.items():
+    np.testing.assert_allclose(arr(getattr(out, k)), v.astype(np.float64), atol=2e-6, err_msg=k)
+
+
 def test_vmap_over_scenarios_equals_loop():
   rng = np.random.default_rng(5)
   Ws = jnp.asarray(rng.random((6, 5, 7)), jnp.float32)
