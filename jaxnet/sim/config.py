@@ -46,7 +46,8 @@ class SimConfig:
   collusion_boost: float = 1.0     # share of a colluding validator's row moved onto them
   ledger_every: int = 5            # rounds between ledger epochs, each on that round's
                                    # weights (the chain's tempo; 0 = no ledger)
-  storage: str = "memory"          # "memory" or a directory path for the local backend
+  storage: str = "memory"          # "memory", a directory path for the local backend, or
+                                   # "s3://bucket/prefix" (an S3-compatible store; .[net])
 
   def __post_init__(self):
     total = len(self.behaviours())   # checks every group (one-line errors)

@@ -7,6 +7,11 @@ Every storage belongs to one run (`run_id`): objects of another run, e.g. a prev
 that used the same directory, are never listed or returned, so they cannot be scored in
 this run. Readers of untrusted objects pass `max_bytes`: the size is known before any
 byte is read, and the read stops at `max_bytes + 1` bytes even if the object grows.
+
+Backends: memory, a local directory, and an S3-compatible object store
+(`jaxnet.net.s3.S3Storage`, spec `s3://bucket/prefix`), whose timestamps are the store's
+own LastModified, never the one the uploader claims. `get_many` reads many objects at once
+(in parallel on S3): one bad object is returned as its exception and never stops the rest.
 """
 from __future__ import annotations
 
@@ -34,11 +39,25 @@ class ObjectTooLarge(Exception):
     self.name, self.size, self.max_bytes, self.timestamp = name, size, max_bytes, timestamp
 
 
+class StorageUnavailable(Exception):
+  """The store could not be reached or refused the request (after the backend's own
+  retries); `reason` is one line."""
+
+  def __init__(self, name: str, reason: str):
+    self.name, self.reason = name, " ".join(str(reason).split())
+    super().__init__(f"storage unavailable for {name!r}: {self.reason}")
+
+
+# what `get_many` returns for one name: `get`'s result, or the error that one object met
+GetResult = tuple[bytes, float] | ObjectTooLarge | StorageUnavailable | None
+
+
 class Storage(Protocol):
   run_id: str
 
   def put(self, name: str, data: bytes, timestamp: float) -> None: ...
   def get(self, name: str, max_bytes: int | None = None) -> tuple[bytes, float] | None: ...
+  def get_many(self, names: list[str], max_bytes: int | None = None) -> list[GetResult]: ...
   def names(self) -> list[str]: ...
 
 
@@ -60,9 +79,30 @@ def new_run_id() -> str:
   return "run-" + uuid.uuid4().hex[:16]
 
 
-def _check_bound(max_bytes: int | None) -> None:
+def check_bound(max_bytes: int | None) -> None:
   if max_bytes is not None and (type(max_bytes) is not int or max_bytes < 0):
     raise ValueError(f"max_bytes must be an int >= 0 or None, got {max_bytes!r}")
+
+
+def get_or_error(storage: Storage, name: str, max_bytes: int | None) -> GetResult:
+  """`storage.get(name, max_bytes)`, with ObjectTooLarge / StorageUnavailable returned."""
+  try:
+    return storage.get(name, max_bytes)
+  except (ObjectTooLarge, StorageUnavailable) as e:
+    return e
+
+
+def check_many(names: list[str], max_bytes: int | None) -> list[str]:
+  """The arguments of `get_many`, checked before any read: a bad name is the caller's bug
+  (a ValueError), not one object's failure."""
+  check_bound(max_bytes)
+  return [check_name(n) for n in names]
+
+
+def get_each(storage: Storage, names: list[str], max_bytes: int | None) -> list[GetResult]:
+  """`get_many` of a local backend: one name after another, results in the order of
+  `names`; ObjectTooLarge / StorageUnavailable come back in their slot, never raised."""
+  return [get_or_error(storage, n, max_bytes) for n in check_many(names, max_bytes)]
 
 
 class MemoryStorage:
@@ -77,11 +117,14 @@ class MemoryStorage:
     self._objects[(self.run_id, check_name(name))] = (bytes(data), float(timestamp))
 
   def get(self, name: str, max_bytes: int | None = None) -> tuple[bytes, float] | None:
-    _check_bound(max_bytes)
+    check_bound(max_bytes)
     got = self._objects.get((self.run_id, check_name(name)))
     if got is not None and max_bytes is not None and len(got[0]) > max_bytes:
       raise ObjectTooLarge(name, len(got[0]), max_bytes, got[1])
     return got
+
+  def get_many(self, names: list[str], max_bytes: int | None = None) -> list[GetResult]:
+    return get_each(self, names, max_bytes)
 
   def names(self) -> list[str]:
     return sorted(n for r, n in self._objects if r == self.run_id)
@@ -115,7 +158,7 @@ class LocalDirStorage:
       return None
 
   def get(self, name: str, max_bytes: int | None = None) -> tuple[bytes, float] | None:
-    _check_bound(max_bytes)
+    check_bound(max_bytes)
     path = self._path(name)
     timestamp = self._timestamp(path)
     if timestamp is None:
@@ -134,15 +177,40 @@ class LocalDirStorage:
       raise ObjectTooLarge(name, len(data), max_bytes, timestamp)
     return data, timestamp
 
+  def get_many(self, names: list[str], max_bytes: int | None = None) -> list[GetResult]:
+    return get_each(self, names, max_bytes)
+
   def names(self) -> list[str]:
     return sorted(p.name for p in self.directory.iterdir()
                   if not p.name.endswith(_SIDECARS))
 
 
 def make_storage(spec: str, run_id: str | None = None) -> Storage:
-  """"memory", or a directory for the local backend; objects live under `run_id` (a fresh
-  unique id when None, so nothing from an earlier run is ever visible)."""
-  return MemoryStorage(run_id) if spec == "memory" else LocalDirStorage(spec, run_id)
+  """"memory", `s3://bucket[/prefix]` for an S3-compatible store, or a directory for the
+  local backend; objects live under `run_id` (a fresh unique id when None, so nothing from
+  an earlier run is ever visible).
+
+  S3: the endpoint is `JAXNET_S3_ENDPOINT` (else `AWS_ENDPOINT_URL`; unset: AWS itself),
+  the region `AWS_REGION` / `AWS_DEFAULT_REGION` (default us-east-1), credentials boto3's
+  usual chain (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, profiles, roles).
+  """
+  if spec == "memory":
+    return MemoryStorage(run_id)
+  if spec.startswith("s3://"):
+    bucket, _, prefix = spec[len("s3://"):].partition("/")
+    if not bucket:
+      raise ValueError(f"storage spec {spec!r}: needs a bucket, s3://bucket[/prefix]")
+    try:
+      from jaxnet.net.s3 import S3Storage   # here: boto3 is needed for S3 only
+    except ImportError as e:
+      if e.name not in ("boto3", "botocore"):
+        raise
+      raise ImportError("s3 storage needs boto3: pip install -e '.[net]'") from None
+    env = os.environ.get
+    return S3Storage(bucket, prefix, run_id,
+                     endpoint_url=env("JAXNET_S3_ENDPOINT") or env("AWS_ENDPOINT_URL") or None,
+                     region=env("AWS_REGION") or env("AWS_DEFAULT_REGION") or "us-east-1")
+  return LocalDirStorage(spec, run_id)
 
 
 def gradient_name(window: int, uid: int) -> str:
