@@ -13,7 +13,9 @@ and resumed gives bit-identical results.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import time
 from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -54,6 +56,28 @@ _aggregate = jax.jit(lambda subs, valid, *, scheme, layout: scheme.aggregate(sub
 _outer = jax.jit(_outer_step, static_argnames=("scheme",))
 _sync_probe = jax.jit(fast.sync_probe, static_argnames=("layout",))
 _loss = jax.jit(jmodel.loss_fn, static_argnames=("cfg",))
+
+
+class Phases:
+  """Wall time per phase of a round (benchmarks/round_scaling.py). Disabled, it costs
+  nothing and never blocks; enabled, `sync` waits for a phase's device work so that each
+  phase is charged its own."""
+
+  def __init__(self, enabled: bool = True):
+    self.enabled, self.seconds = enabled, {}
+
+  @contextlib.contextmanager
+  def __call__(self, name: str):
+    if not self.enabled:
+      yield
+      return
+    t0 = time.perf_counter()
+    yield
+    self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+
+  def sync(self, tree) -> None:
+    if self.enabled:
+      jax.block_until_ready(tree)
 
 
 class NetState(NamedTuple):
@@ -101,6 +125,7 @@ class Network:
     self.val_batch = self.corpus.held_out()
     from jaxnet.sim import ledger_bridge
     self.ledger = ledger_bridge.LedgerBridge(cfg, self.n, self.validators.kinds)
+    self.phases = Phases(enabled=False)   # benchmarks/round_scaling.py turns it on
 
   # ------------------------------------------------------------------ state
   def init_state(self) -> NetState:
@@ -147,9 +172,19 @@ class Network:
   def upload(self, st: NetState, w: int, lr_t):
     """Every uid computes and uploads round w (gradient + debug objects) into the storage."""
     n = self.n
-    subs, states, peer_losses = self._compute(st, w, lr_t)
+    with self.phases("peers: gradient + encode"):
+      subs, states, peer_losses = self._compute(st, w, lr_t)
+    with self.phases("serialise + upload"):
+      self._put_all(st, w, subs)
+    return subs, states, peer_losses
+
+  def _put_all(self, st: NetState, w: int, subs) -> None:
+    n = self.n
     own = [jax.tree.map(lambda x: x[u], subs) for u in range(n)]
-    prev = [jax.tree.map(lambda x: x[u], st.prev_subs) for u in range(n)] if w > 0 else [None] * n
+    # one device-to-host copy of last round's submissions, then host slices (not N x leaves
+    # device slices)
+    prev_host = jax.tree.map(np.asarray, st.prev_subs) if w > 0 else None
+    prev = [jax.tree.map(lambda x: x[u], prev_host) for u in range(n)] if w > 0 else [None] * n
     uploads, offsets, probe_ok = adversaries.make_uploads(self.behaviours, own, w, prev,
                                                           self.layout, self.cfg.sim,
                                                           self.scheme)
@@ -162,7 +197,6 @@ class Network:
       if probe_ok[u]:
         pr = stale_probe if self.desync[u] else honest_probe
         self.storage.put(debug_name(w, u), pr.astype(np.float32).tobytes(), boundary + offsets[u])
-    return subs, states, peer_losses
 
   def validator_inputs(self, w: int, salt: int = 0):
     """What a validator reads for round w: only the storage, plus its own data (its random
@@ -208,27 +242,34 @@ class Network:
     cfg = self.cfg
     w = int(st.window)
     lr_t = self.scheme.step_size(w)
+    ph = self.phases
     subs, states, peer_losses = self.upload(st, w, lr_t)
-    inputs, reasons = self.validator_inputs(w)
-    rand_V, keys_V = self.validator_randomness(w, inputs)
-    vstate, reports = self.validators.round(st.validator, inputs, rand_V, st.params, w, lr_t,
-                                            keys_V)
-    reports = {k2: np.asarray(v) for k2, v in reports.items()}
-    # the gather list (and the report shown) of the highest-stake running validator
-    lead = self.validators.lead(self.ledger.validator_stake(st.ledger))
-    report = {k2: v[lead] for k2, v in reports.items()}
-    report["reason"] = collect.explain(report, reasons)
-    # ---- aggregate the valid gather peers, outer step on every node
-    direction = self._agg(inputs.subs, jnp.asarray(report["gather_valid"]))
-    params, outer_state = self._outer(st.params, st.outer, direction)
-    # a desynced node applies only every desync_every-th step (with the honest outer state)
-    stale = (self._outer(st.stale_params, st.outer, direction)[0]
-             if w % cfg.sim.desync_every == 0 else st.stale_params)
-    ledger_state, ledger_log = self.ledger.maybe_epoch(st.ledger, w, reports["weight"],
-                                                       inputs.present)
+    with ph("download + parse"):
+      inputs, reasons = self.validator_inputs(w)
+    with ph("validator"):
+      rand_V, keys_V = self.validator_randomness(w, inputs)
+      vstate, reports = self.validators.round(st.validator, inputs, rand_V, st.params, w, lr_t,
+                                              keys_V)
+      reports = {k2: np.asarray(v) for k2, v in reports.items()}
+      # the gather list (and the report shown) of the highest-stake running validator
+      lead = self.validators.lead(self.ledger.validator_stake(st.ledger))
+      report = {k2: v[lead] for k2, v in reports.items()}
+      report["reason"] = collect.explain(report, reasons)
+    with ph("aggregate + outer step"):  # the valid gather peers, outer step on every node
+      direction = self._agg(inputs.subs, jnp.asarray(report["gather_valid"]))
+      params, outer_state = self._outer(st.params, st.outer, direction)
+      # a desynced node applies only every desync_every-th step (with the honest outer state)
+      stale = (self._outer(st.stale_params, st.outer, direction)[0]
+               if w % cfg.sim.desync_every == 0 else st.stale_params)
+      ph.sync((params, outer_state, stale))
+    with ph("ledger"):
+      ledger_state, ledger_log = self.ledger.maybe_epoch(st.ledger, w, reports["weight"],
+                                                         inputs.present)
+      ph.sync(ledger_state)
     new = NetState(params, outer_state, states, stale, vstate, jax.tree.map(jnp.asarray, subs),
                    ledger_state, jnp.int32(w + 1))
-    metrics = self._metrics(w, new, report, peer_losses, float(lr_t), ledger_log)
+    with ph("metrics"):
+      metrics = self._metrics(w, new, report, peer_losses, float(lr_t), ledger_log)
     metrics.update(lead_validator=lead, validator_weights=reports["weight"].round(6).tolist())
     return new, metrics
 
