@@ -17,21 +17,14 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from jaxnet import sharding as shd
+
 
 class CheckpointError(RuntimeError):
   """A checkpoint that cannot be used: missing, partial, or from another config."""
 
 
-def _host_value(x) -> np.ndarray:
-  """The whole array on this host (gathered across processes when it is not addressable)."""
-  if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-    x = jax.random.key_data(x)
-  if isinstance(x, jax.Array) and not x.is_fully_addressable:
-    if x.sharding.is_fully_replicated:
-      return np.asarray(x.addressable_shards[0].data)
-    from jax.experimental import multihost_utils
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-  return np.asarray(x)
+_host_value = shd.host_value
 
 
 def digests(tree) -> dict[str, str]:

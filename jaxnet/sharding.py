@@ -76,5 +76,27 @@ def put_tree(tree, sharding):
   return jax.tree.map(lambda x: jax.device_put(x, sharding), tree)
 
 
+def host_value(x) -> np.ndarray:
+  """The whole array on this host (gathered across processes when it is not addressable)."""
+  if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+    x = jax.random.key_data(x)
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    if x.sharding.is_fully_replicated:
+      return np.asarray(x.addressable_shards[0].data)
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(x)
+
+
+def to_global(tree, sharding: NamedSharding):
+  """Values every process holds alike (numpy or process-local arrays) -> global arrays with
+  `sharding`, which may span several processes' devices: each process places only the
+  slices its own devices hold (no transfer between processes)."""
+  def one(x):
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
+  return jax.tree.map(one, tree)
+
+
 def is_main_process() -> bool:
   return jax.process_index() == 0

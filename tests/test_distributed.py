@@ -83,10 +83,15 @@ def test_two_processes_train_like_one(tmp_path):
 
 
 def test_two_processes_simulate_like_one(tmp_path):
+  """The peer axis splits over the two processes' devices (each computes 3 uids' step, the
+  desynced uid's on its stale model too) and every process gathers the whole network."""
   args = ["simulate", "--config", "configs/sim-tiny.yaml", "--sim.rounds", "3",
-          "--checkpoint.every", "2", "--sim.peers", '["honest:3", "noise:1", "copier:1"]']
+          "--checkpoint.every", "2", "--sim.peers", '["honest:3", "noise:1", "copier:1", "desync:1"]']
   _single(args + ["--train.out_dir", str(tmp_path / "one")])
   _launch(args + ["--train.out_dir", str(tmp_path / "two")], 2, tmp_path)
+  for i in range(2):
+    assert (f"process {i}: the peers' step runs on 2 devices of 2 processes"
+            in (tmp_path / f"process{i}.log").read_text())
   _compare(tmp_path / "one", tmp_path / "two", ("val_loss",))
   a = read_metrics(tmp_path / "one" / "metrics.jsonl")
   b = read_metrics(tmp_path / "two" / "metrics.jsonl")
@@ -94,3 +99,12 @@ def test_two_processes_simulate_like_one(tmp_path):
   # one writer: process 1 printed the summary but wrote no records of its own
   assert sum(1 for _ in (tmp_path / "two" / "metrics.jsonl").open()) == 3
   assert json.loads((tmp_path / "two" / "behaviours.json").read_text())[0] == "honest"
+
+
+def test_peers_that_do_not_split_over_every_device_are_refused():
+  """Under jax.distributed the peer axis spans every process's devices (conftest: 4 here)."""
+  from jaxnet.configbase import ConfigError
+  from jaxnet.sim.network import _global_peer_mesh
+  assert _global_peer_mesh(8).size == 4
+  with pytest.raises(ConfigError, match="5 uids do not split over the 4 devices"):
+    _global_peer_mesh(5)

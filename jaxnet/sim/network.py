@@ -30,6 +30,7 @@ from jaxnet import model as jmodel
 from jaxnet import loop
 from jaxnet.loop import Task
 from jaxnet.config import Config, to_dict
+from jaxnet.configbase import ConfigError
 from jaxnet.gauntlet import collect, fast
 from jaxnet.gauntlet.validator import ValidatorState
 from jaxnet.sim import adversaries
@@ -56,6 +57,15 @@ _aggregate = jax.jit(lambda subs, valid, *, scheme, layout: scheme.aggregate(sub
 _outer = jax.jit(_outer_step, static_argnames=("scheme",))
 _sync_probe = jax.jit(fast.sync_probe, static_argnames=("layout",))
 _loss = jax.jit(jmodel.loss_fn, static_argnames=("cfg",))
+
+
+def _global_peer_mesh(n: int) -> jax.sharding.Mesh:
+  """Mesh axis 'peer' over every process's devices (jax.distributed)."""
+  devs = jax.devices()
+  if n % len(devs):
+    raise ConfigError(f"sim.peers: {n} uids do not split over the {len(devs)} devices of "
+                      f"{jax.process_count()} processes: use a multiple of {len(devs)}")
+  return shd.make_mesh("peer", len(devs), devs)
 
 
 class Phases:
@@ -107,6 +117,10 @@ class Network:
     devs = list(devices or jax.local_devices())
     size = max(d for d in range(1, len(devs) + 1) if self.n % d == 0)
     self.mesh = shd.make_mesh("peer", size if cfg.mesh.peer == -1 else min(cfg.mesh.peer, size), devs)
+    # Under jax.distributed the peers' step (most of a round) splits the peer axis over every
+    # process's devices; the rest of the round runs in every process on its own devices.
+    self.peer_mesh = self.mesh if devices is not None or jax.process_count() == 1 else \
+        _global_peer_mesh(self.n)
     self.scheme = schemes.get(cfg)
     self.scheme.check_config()
     self.layout = self.scheme.make_layout(jmodel.abstract_params(cfg.model),
@@ -116,7 +130,7 @@ class Network:
     # objects live under this run's id: another run's uploads in a reused directory are unseen
     self.storage = make_storage(cfg.sim.storage, run_id=run_id)
     self.desync = np.array([b == "desync" for b in self.behaviours])
-    self._peers = partial(_peers_round, layout=self.layout, cfg=cfg, mesh=self.mesh)
+    self._peers = partial(_peers_round, layout=self.layout, cfg=cfg, mesh=self.peer_mesh)
     self._peers_one_device = partial(_peers_round, layout=self.layout, cfg=cfg, mesh=None)
     self._agg = partial(_aggregate, scheme=self.scheme, layout=self.layout)
     self._outer = partial(_outer, scheme=self.scheme)
@@ -157,7 +171,10 @@ class Network:
 
   def _compute(self, st: NetState, window: int, lr_t):
     batches = self._batches(window)
-    subs, states, losses = self._peers(st.params, st.peers, batches, lr_t)
+    if self.peer_mesh is self.mesh:
+      subs, states, losses = self._peers(st.params, st.peers, batches, lr_t)
+    else:
+      subs, states, losses = self._peers_split(st, batches, lr_t)
     if self.desync.any():  # desynced uids compute on their stale model (only those uids)
       d = np.flatnonzero(self.desync)
       take = lambda x: x[d]
@@ -168,6 +185,16 @@ class Network:
     subs = subs._replace(uid=jnp.arange(self.n, dtype=jnp.int32),
                          window=jnp.full((self.n,), window, jnp.int32), pages=jnp.asarray(pages))
     return jax.tree.map(np.asarray, subs), states, np.asarray(losses)
+
+  def _peers_split(self, st: NetState, batches: dict, lr_t):
+    """The peers' step with the peer axis split over every process's devices; results are
+    gathered back, so that every process holds the whole network as with one process."""
+    rep, along = shd.replicated(self.peer_mesh), shd.along(self.peer_mesh, "peer")
+    out = self._peers(shd.to_global(st.params, rep), shd.to_global(st.peers, along),
+                      shd.to_global(batches, along), shd.to_global(np.float32(lr_t), rep))
+    subs, states, losses = jax.tree.map(shd.host_value, out)
+    return (jax.tree.map(jnp.asarray, subs), shd.put_tree(states, shd.along(self.mesh, "peer")),
+            jnp.asarray(losses))
 
   def upload(self, st: NetState, w: int, lr_t):
     """Every uid computes and uploads round w (gradient + debug objects) into the storage."""
@@ -315,6 +342,9 @@ def simulate(cfg: Config, *, progress: bool = True, devices=None, stop_after: in
 
   def build(run_id: str) -> Task:
     net = built["net"] = Network(cfg, devices, run_id=run_id)
+    if jax.process_count() > 1:
+      print(f"process {jax.process_index()}: the peers' step runs on {net.peer_mesh.size} "
+            f"devices of {jax.process_count()} processes", flush=True)
     if shd.is_main_process():   # the labels beside the run, for `jaxnet report`
       (Path(cfg.train.out_dir) / "behaviours.json").write_text(json.dumps(net.behaviours))
       (Path(cfg.train.out_dir) / "validators.json").write_text(json.dumps(
