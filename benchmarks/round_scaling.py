@@ -25,10 +25,13 @@ Beside them, in the same process:
 The parent fits the growth exponent b of seconds/round = a N^b over the sim-tiny cases with
 N >= 64, prints a table and writes JSON.
 
+1000, not 1024, is the largest network: uids from 1000 up are reserved for the seeds of the
+random pages (gauntlet.md §2.2; `jaxnet.data.pages`).
+
 Two validator settings per peer count: every peer evaluated every round (jaxnet's default,
 `gauntlet.uids_per_window: 0`) and templar's 20 per window (`--uids-per-window 20`).
 
-  python benchmarks/round_scaling.py [--peers 16 64 256 1024] [--small-peers 64]
+  python benchmarks/round_scaling.py [--peers 16 64 256 1000] [--small-peers 64]
       [--uids-per-window 0 20] [--rounds 2] [--out results/bench/round_scaling.json]
 """
 from __future__ import annotations
@@ -120,7 +123,7 @@ def fit_exponent(rows: list[dict]) -> float | None:
 
 def main(argv=None) -> dict:
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  ap.add_argument("--peers", type=int, nargs="+", default=[16, 64, 256, 1024])
+  ap.add_argument("--peers", type=int, nargs="+", default=[16, 64, 256, 1000])
   ap.add_argument("--small-peers", type=int, nargs="*", default=[64], help="N on sim-small")
   ap.add_argument("--uids-per-window", type=int, nargs="+", default=[0, 20])
   ap.add_argument("--warmup", type=int, default=2, help="rounds before timing (compilation)")

@@ -71,6 +71,7 @@ def _compare(one: Path, two: Path, keys: tuple[str, ...]) -> None:
   assert (two / "run.json").exists() and (two / "config.yaml").exists()
 
 
+@pytest.mark.slow   # CI time: the simulator's two-process test below covers jax.distributed
 def test_two_processes_train_like_one(tmp_path):
   args = ["train", "--config", "configs/tiny.yaml", "--train.steps", "4", "--train.warmup_steps",
           "1", "--checkpoint.every", "2", "--train.eval_every", "2", "--mesh.data", "-1"]
