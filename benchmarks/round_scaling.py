@@ -6,7 +6,8 @@ then times `--rounds` rounds with the network's phase timer on (each phase waits
 device work; `Network.phases`):
 
   peers: gradient + encode   every uid's scheme step in one jitted call (DeMo: gradient,
-                             momentum, DCT, top-k, quantise)
+                             momentum, DCT, top-k, quantise); the gradient alone is timed
+                             beside it (the same lax.map), the encode share is the rest
   serialise + upload         the wire format of every upload (safetensors) into the storage
   download + parse           the validator reads and checks every object (bounded, §5.1)
   validator                  the jitted validator round(s): fast checks, LossScore, rating,
@@ -96,6 +97,15 @@ def one_case(config: str, n: int, upw: int, warmup: int, rounds: int, loop_peers
     jax.block_until_ready(one(u))
   loop_s = (time.perf_counter() - t1) / k * n
 
+  # the gradient alone (the same lax.map over peers): the encode share is the rest
+  from jax import lax
+  grad = jax.jit(lambda p, b: lax.map(lambda x: jax.grad(jmodel.loss_fn)(p, x, cfg.model), b,
+                                      batch_size=cfg.demo.peer_batch))
+  jax.block_until_ready(grad(st.params, batches))
+  t1 = time.perf_counter()
+  jax.block_until_ready(grad(st.params, batches))
+  grad_s = time.perf_counter() - t1
+
   L = cfg.data.seq_len
   tokens_peer = batches["inputs"].shape[1] * L
   rows = max(1, int(round(cfg.gauntlet.sample_rate * batches["inputs"].shape[1])))
@@ -107,7 +117,8 @@ def one_case(config: str, n: int, upw: int, warmup: int, rounds: int, loop_peers
   return {"config": config, "peers": n, "uids_per_window": upw, "s_per_round": wall,
           "cpu_s_per_round": cpu, "phases_s": phases, "evaluated_per_round": evaluated / rounds,
           "warmup_s": warm_s, "python_loop_peers_s": loop_s, "loop_timed_peers": k,
-          "peers_speedup_vs_loop": loop_s / peers_s, "model_flop_per_round": model_flop,
+          "peers_speedup_vs_loop": loop_s / peers_s, "gradient_only_s": grad_s,
+          "encode_s_derived": max(peers_s - grad_s, 0.0), "model_flop_per_round": model_flop,
           "ceiling_gflops": ceiling / 1e9, "share_of_ceiling": model_flop / wall / ceiling,
           "peak_rss_mb": peak_rss_mb(), "devices": jax.device_count()}
 
@@ -162,12 +173,12 @@ def main(argv=None) -> dict:
            "download + parse": "parse", "validator": "valid.", "aggregate + outer step": "outer",
            "ledger": "ledger", "metrics": "metrics"}
   head = (f"{'config':<10}{'N':>6}{'eval':>6}{'s/round':>9}" + "".join(f"{short.get(p, p)[:8]:>9}" for p in phases)
-          + f"{'loop x':>8}{'%ceil':>7}{'RSS MB':>8}")
+          + f"{'grad':>8}{'encode':>8}{'loop x':>8}{'%ceil':>7}{'RSS MB':>8}")
   print("\n" + head)
   for r in rows:
     print(f"{r['config']:<10}{r['peers']:>6}{r['evaluated_per_round']:>6.0f}{r['s_per_round']:>9.2f}"
           + "".join(f"{r['phases_s'].get(p, 0.0):>9.3f}" for p in phases)
-          + f"{r['peers_speedup_vs_loop']:>8.2f}{r['share_of_ceiling']:>7.1%}{r['peak_rss_mb']:>8.0f}")
+          + f"{r['gradient_only_s']:>8.3f}{r['encode_s_derived']:>8.3f}{r['peers_speedup_vs_loop']:>8.2f}{r['share_of_ceiling']:>7.1%}{r['peak_rss_mb']:>8.0f}")
   print("growth exponent b (s/round ~ N^b, sim-tiny, N >= 64): "
         + ", ".join(f"{k}: {v:.2f}" for k, v in fits.items() if v is not None))
   import jax
