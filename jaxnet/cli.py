@@ -5,6 +5,9 @@
   jaxnet simulate --config configs/sim-small.yaml [--sim.rounds 40 ...] [--print-config]
   jaxnet market --config configs/market-tiny.yaml [--market.blocks 100 ...]
   jaxnet report RUN_DIR [--round R] [--no-plots]
+  jaxnet launch --config C [--storage SPEC] [--run-id R] [...]   (a network of processes)
+  jaxnet validator --config C --run-id R [--storage SPEC] [...]
+  jaxnet peer --config C --uid U --run-id R [--storage SPEC] [...]
 
 `jaxnet COMMAND --help` lists the command's options; for train and simulate that is every
 config field with its type, default and meaning.
@@ -20,7 +23,8 @@ import sys
 # name: looked up in sys.modules, so that `--help` does not import JAX to catch them.
 USER_ERRORS = (("jaxnet.configbase", "ConfigError"), ("jaxnet.checkpoint", "CheckpointError"),
                ("jaxnet.data.errors", "DataError"), ("jaxnet.rundir", "RunError"),
-               ("jaxnet.report", "ReportError"))
+               ("jaxnet.report", "ReportError"), ("jaxnet.net.clock", "NetError"),
+               ("jaxnet.sim.storage", "StorageUnavailable"))
 
 RUN_HELP = {
     "train": "Trains the model: centralised AdamW (train.optimizer: adamw) or the config's "
@@ -33,6 +37,31 @@ RUN_HELP = {
     "market": "Runs the 2020 intelligence market: market.peers peers that learn the value of "
               "their neighbours (market.valuation) and a ledger (ledger.mechanism) that pays "
               "them. Outputs go to train.out_dir; inspect them with `jaxnet report`.",
+    "launch": "Runs the network as separate processes that meet only in object storage "
+              "(--storage s3://bucket/prefix or a shared directory): one validator and one "
+              "peer per uid of sim.peers (honest only); window 0 starts once all have "
+              "compiled (at most net.warmup_s), then sim.rounds windows of net.window_s "
+              "seconds. Logs, metrics and checkpoints go to train.out_dir.",
+    "validator": "Runs the Gauntlet validator of run --run-id as its own process: scores each "
+                 "window from the store after its put window, publishes gather-{w} and writes "
+                 "train.out_dir/metrics.jsonl. Normally started by `jaxnet launch`.",
+    "peer": "Runs honest peer --uid of run --run-id as its own process: computes and uploads "
+            "its submission each window, applies the validator's gather list; its checkpoint "
+            "(train.out_dir/peer-U) lets a restarted peer catch up. Normally started by "
+            "`jaxnet launch`.",
+}
+
+# the options of the process commands, beside the config fields: (flag, metavar, help),
+# and those a command cannot run without
+NET_REQUIRED = {"validator": ("--run-id",), "peer": ("--uid", "--run-id")}
+NET_OPTIONS = {
+    "launch": (("--storage", "SPEC", "shared store (default sim.storage): s3://bucket/prefix "
+                "or a directory"), ("--run-id", "R", "the run's id in the store (default: new)")),
+    "validator": (("--run-id", "R", "the run to join (written by jaxnet launch)"),
+                  ("--storage", "SPEC", "shared store (default sim.storage)")),
+    "peer": (("--uid", "U", "this peer's uid in sim.peers"),
+             ("--run-id", "R", "the run to join (written by jaxnet launch)"),
+             ("--storage", "SPEC", "shared store (default sim.storage)")),
 }
 
 
@@ -95,8 +124,12 @@ def run_help(command: str) -> str:
   w_name = max(len(f.name) for f in fields)
   w_type = min(max(len(f.type) for f in fields), 16)
   w_default = min(max(len(f.default) for f in fields), 12)
-  lines = [f"usage: jaxnet {command} [--config FILE] [--SECTION.FIELD VALUE ...] [--print-config]",
-           "", RUN_HELP[command], "", "options:",
+  extra = NET_OPTIONS.get(command, ())
+  usage = "".join(f"{flag} {meta} " if flag in NET_REQUIRED.get(command, ()) else
+                  f"[{flag} {meta}] " for flag, meta, _ in extra)
+  lines = [f"usage: jaxnet {command} {usage}[--config FILE] [--SECTION.FIELD VALUE ...] "
+           "[--print-config]", "", RUN_HELP[command], "", "options:",
+           *(f"  {flag + ' ' + meta:<23}  {text}" for flag, meta, text in extra),
            "  --config FILE            YAML config; fields it leaves out keep the defaults below",
            "  --SECTION.FIELD VALUE    override a field (or --SECTION.FIELD=VALUE); VALUE is YAML",
            "  --print-config           print the resolved config as YAML and exit",
@@ -241,8 +274,73 @@ def cmd_market(argv: list[str]) -> int:
   return 0
 
 
+# --------------------------------------------------------------------------- processes
+
+def _take_options(command: str, argv: list[str]) -> tuple[dict, list[str]]:
+  """Pulls the command's NET_OPTIONS (`--flag VALUE` or `--flag=VALUE`) out of `argv`."""
+  flags = {flag for flag, _, _ in NET_OPTIONS[command]}
+  found, rest, i = {}, [], 0
+  while i < len(argv):
+    flag, eq, value = argv[i].partition("=")
+    if flag in flags:
+      if not eq:
+        if i + 1 >= len(argv):
+          raise UsageError(f"jaxnet {command}: {flag} needs a value")
+        value, i = argv[i + 1], i + 1
+      found[flag] = value
+    else:
+      rest.append(argv[i])
+    i += 1
+  return found, rest
+
+
+def _process_config(command: str, argv: list[str]):
+  """(config with --storage applied, options) or (None, None) after --help/--print-config."""
+  opts, rest = _take_options(command, argv)
+  cfg = _load(command, rest)
+  if cfg is None:
+    return None, None
+  missing = [f for f in NET_REQUIRED.get(command, ()) if f not in opts]
+  if missing:
+    raise UsageError(f"jaxnet {command}: {missing[0]} is required (see jaxnet {command} --help)")
+  from jaxnet.net.node import with_storage
+  return with_storage(cfg, opts.get("--storage")), opts
+
+
+def cmd_launch(argv: list[str]) -> int:
+  cfg, opts = _process_config("launch", argv)
+  if cfg is None:
+    return 0
+  from jaxnet.net.launch import launch
+  out = launch(cfg, opts.get("--run-id"))
+  print(f"done: run {out['run_id']}, {cfg.sim.rounds} windows; outputs in {out['out_dir']} "
+        f"(jaxnet report {out['out_dir']})")
+  return 0
+
+
+def cmd_validator(argv: list[str]) -> int:
+  cfg, opts = _process_config("validator", argv)
+  if cfg is None:
+    return 0
+  from jaxnet.net import validator_node
+  validator_node.main(cfg, opts["--run-id"])
+  return 0
+
+
+def cmd_peer(argv: list[str]) -> int:
+  cfg, opts = _process_config("peer", argv)
+  if cfg is None:
+    return 0
+  if not opts["--uid"].isdigit():
+    raise UsageError(f"jaxnet peer: --uid {opts['--uid']!r} must be an integer >= 0")
+  from jaxnet.net import peer_node
+  peer_node.main(cfg, int(opts["--uid"]), opts["--run-id"])
+  return 0
+
+
 COMMANDS = {"train": cmd_train, "data": cmd_data, "simulate": cmd_simulate, "market": cmd_market,
-            "report": cmd_report}
+            "report": cmd_report, "launch": cmd_launch, "validator": cmd_validator,
+            "peer": cmd_peer}
 
 
 def main(argv: list[str] | None = None) -> int:

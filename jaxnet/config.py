@@ -23,6 +23,7 @@ from jaxnet.configbase import ConfigError
 from jaxnet.gauntlet.config import GauntletConfig
 from jaxnet.ledger.config import LedgerConfig
 from jaxnet.market.config import MarketConfig
+from jaxnet.net.config import NetConfig
 from jaxnet.schemes.demo import DemoConfig
 from jaxnet.schemes.diloco import DiLoCoConfig
 from jaxnet.schemes.inner import InnerConfig
@@ -155,6 +156,7 @@ class Config:
   sim: SimConfig = field(default_factory=SimConfig)
   ledger: LedgerConfig = field(default_factory=LedgerConfig)
   market: MarketConfig = field(default_factory=MarketConfig)
+  net: NetConfig = field(default_factory=NetConfig)
 
   def __post_init__(self):
     from jaxnet import schemes   # here, not at the top: scheme modules import this one

@@ -27,7 +27,7 @@ def _one_line_error(capsys, rc) -> str:
 
 # --------------------------------------------------------------------------- help
 
-@pytest.mark.parametrize("command", ["train", "simulate"])
+@pytest.mark.parametrize("command", ["train", "simulate", "launch", "validator", "peer"])
 def test_help_lists_every_config_field(command, capsys):
   assert main([command, "--help"]) == 0
   out = capsys.readouterr().out
@@ -76,7 +76,8 @@ def test_print_config_is_the_resolved_config(capsys):
 
 def test_unknown_command(capsys):
   line = _one_line_error(capsys, main(["foo"]))
-  assert line == "jaxnet: unknown command 'foo' (known: data, market, report, simulate, train)"
+  assert line == ("jaxnet: unknown command 'foo' (known: data, launch, market, peer, report, "
+                  "simulate, train, validator)")
   line = _one_line_error(capsys, main(["data", "bar"]))
   assert "unknown command 'bar'" in line
 

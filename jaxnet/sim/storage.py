@@ -185,10 +185,11 @@ class LocalDirStorage:
                   if not p.name.endswith(_SIDECARS))
 
 
-def make_storage(spec: str, run_id: str | None = None) -> Storage:
+def make_storage(spec: str, run_id: str | None = None, **s3_options) -> Storage:
   """"memory", `s3://bucket[/prefix]` for an S3-compatible store, or a directory for the
   local backend; objects live under `run_id` (a fresh unique id when None, so nothing from
-  an earlier run is ever visible).
+  an earlier run is ever visible). `s3_options` (timeout_s, retries, workers) go to
+  `S3Storage` and are ignored by the local backends.
 
   S3: the endpoint is `JAXNET_S3_ENDPOINT` (else `AWS_ENDPOINT_URL`; unset: AWS itself),
   the region `AWS_REGION` / `AWS_DEFAULT_REGION` (default us-east-1), credentials boto3's
@@ -209,7 +210,8 @@ def make_storage(spec: str, run_id: str | None = None) -> Storage:
     env = os.environ.get
     return S3Storage(bucket, prefix, run_id,
                      endpoint_url=env("JAXNET_S3_ENDPOINT") or env("AWS_ENDPOINT_URL") or None,
-                     region=env("AWS_REGION") or env("AWS_DEFAULT_REGION") or "us-east-1")
+                     region=env("AWS_REGION") or env("AWS_DEFAULT_REGION") or "us-east-1",
+                     **s3_options)
   return LocalDirStorage(spec, run_id)
 
 

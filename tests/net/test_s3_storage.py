@@ -2,52 +2,18 @@
 127.0.0.1, dummy credentials set for this module only. The same Storage contract is then
 checked on every backend: memory, local directory and S3."""
 import os
-import socket
 import sys
 import time
 
-import boto3
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
-from moto.server import ThreadedMotoServer
 
 from jaxnet.net.s3 import S3Storage
 from jaxnet.sim.storage import (LocalDirStorage, MemoryStorage, ObjectTooLarge,
                                 StorageUnavailable, make_storage)
+from s3_server import BUCKET, endpoint, free_port  # noqa: F401 (endpoint: a fixture)
 
-BUCKET = "jaxnet-test"
 PREFIX = "tests"
-
-
-def free_port() -> int:
-  """A loopback port nothing listens on (now)."""
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def endpoint(tmp_path_factory):
-  """A moto S3 server on loopback with one bucket; AWS variables are set (dummy keys, no
-  profile or shared files) for this module only and restored after it."""
-  empty = tmp_path_factory.mktemp("aws") / "none"
-  with pytest.MonkeyPatch.context() as mp:
-    for var in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "JAXNET_S3_ENDPOINT", "AWS_SESSION_TOKEN"):
-      mp.delenv(var, raising=False)
-    for var, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_CONFIG_FILE": str(empty),
-                       "AWS_SHARED_CREDENTIALS_FILE": str(empty),
-                       "AWS_EC2_METADATA_DISABLED": "true"}.items():
-      mp.setenv(var, value)
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-      url = f"http://127.0.0.1:{port}"
-      boto3.client("s3", endpoint_url=url, region_name="us-east-1").create_bucket(Bucket=BUCKET)
-      yield url
-    finally:
-      server.stop()
 
 
 def store(endpoint, run_id=None, prefix=PREFIX, **kw) -> S3Storage:
