@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxnet.config import Config
-from jaxnet.gauntlet import collect, fast
+from jaxnet.gauntlet import fast
 from jaxnet.net.gather import GatherList, gather_name, sha256
 from jaxnet.net.node import (JsonlLog, Joined, fetch_all, keep_trying, lock, outer_step,
                              setup_logging, theta_digest)
@@ -73,21 +73,6 @@ class WindowView:
     return got[0] if isinstance(got, tuple) else None
 
 
-def score(net: network.Network, st: network.NetState, w: int, lr_t):
-  """The validator half of `Network.run_round` on what `net.storage` holds -> (inputs, new
-  validator states, reports [V], lead validator, its report with reasons). It repeats
-  run_round's lines: a `Network` method for it would let both share them."""
-  inputs, reasons = net.validator_inputs(w)
-  rand_V, keys_V = net.validator_randomness(w, inputs)
-  vstate, reports = net.validators.round(st.validator, inputs, rand_V, st.params, w, lr_t,
-                                         keys_V)
-  reports = {k: np.asarray(v) for k, v in reports.items()}
-  lead = net.validators.lead(net.ledger.validator_stake(st.ledger))
-  report = {k: v[lead] for k, v in reports.items()}
-  report["reason"] = collect.explain(report, reasons)
-  return inputs, vstate, reports, lead, report
-
-
 class ValidatorNode:
   def __init__(self, cfg: Config, run_id: str):
     self.log = logging.getLogger("jaxnet.net.validator")
@@ -109,7 +94,7 @@ class ValidatorNode:
     """Compiles the round on an empty store (all absent) before window 0."""
     net, t = self.net, time.perf_counter()
     net.storage = MemoryStorage()
-    inputs, _, reports, _, _ = score(net, st, 0, net.scheme.step_size(0))
+    inputs, _, reports, _, _ = net.score_round(st, 0, net.scheme.step_size(0))
     params, _ = outer_step(net, st.params, st.outer, inputs.subs, np.zeros(net.n, bool))
     jax.block_until_ready((reports, params, net._val_loss(params, net.val_batch)))
     net.storage = self.view
@@ -136,7 +121,7 @@ class ValidatorNode:
     late = clock.now() - clock.read_at(w, cfg.net.read_delay_s)
     lr_t = net.scheme.step_size(w)
     self.view.prefetch(w, net.n, self.limits, cfg.net.retries)
-    inputs, vstate, reports, lead, report = score(net, st, w, lr_t)
+    inputs, vstate, reports, lead, report = net.score_round(st, w, lr_t)
     valid = report["gather_valid"]
     params, outer = outer_step(net, st.params, st.outer, inputs.subs, valid)
     ledger, ledger_log = net.ledger.maybe_epoch(st.ledger, w, reports["weight"], inputs.present)

@@ -265,23 +265,30 @@ class Network:
     keys_V = jnp.stack([self.round_key(w, int(s)) for s in self.validators.salts])
     return rand_V, keys_V
 
+  def score_round(self, st: NetState, w: int, lr_t):
+    """The validators' half of a round on what the storage holds for window w -> (inputs,
+    new validator states [V], reports [V], lead validator, its report with reasons). The
+    network of processes (jaxnet.net.validator_node) calls it on the shared store."""
+    with self.phases("download + parse"):
+      inputs, reasons = self.validator_inputs(w)
+    with self.phases("validator"):
+      rand_V, keys_V = self.validator_randomness(w, inputs)
+      vstate, reports = self.validators.round(st.validator, inputs, rand_V, st.params, w, lr_t,
+                                              keys_V)
+      reports = {k: np.asarray(v) for k, v in reports.items()}
+      # the gather list (and the report shown) of the highest-stake running validator
+      lead = self.validators.lead(self.ledger.validator_stake(st.ledger))
+      report = {k: v[lead] for k, v in reports.items()}
+      report["reason"] = collect.explain(report, reasons)
+    return inputs, vstate, reports, lead, report
+
   def run_round(self, st: NetState) -> tuple[NetState, dict]:
     cfg = self.cfg
     w = int(st.window)
     lr_t = self.scheme.step_size(w)
     ph = self.phases
     subs, states, peer_losses = self.upload(st, w, lr_t)
-    with ph("download + parse"):
-      inputs, reasons = self.validator_inputs(w)
-    with ph("validator"):
-      rand_V, keys_V = self.validator_randomness(w, inputs)
-      vstate, reports = self.validators.round(st.validator, inputs, rand_V, st.params, w, lr_t,
-                                              keys_V)
-      reports = {k2: np.asarray(v) for k2, v in reports.items()}
-      # the gather list (and the report shown) of the highest-stake running validator
-      lead = self.validators.lead(self.ledger.validator_stake(st.ledger))
-      report = {k2: v[lead] for k2, v in reports.items()}
-      report["reason"] = collect.explain(report, reasons)
+    inputs, vstate, reports, lead, report = self.score_round(st, w, lr_t)
     with ph("aggregate + outer step"):  # the valid gather peers, outer step on every node
       direction = self._agg(inputs.subs, jnp.asarray(report["gather_valid"]))
       params, outer_state = self._outer(st.params, st.outer, direction)
