@@ -140,24 +140,23 @@ def run_baseline(cfg: Config, tokens_per_round: int, progress: bool, devices) ->
 
 
 def plot_comparison(out_dir: Path, cfg: Config) -> None:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  from jaxnet import plotstyle as ps
   demo_recs = read_metrics(out_dir / "metrics.jsonl")
   base_recs = read_metrics(out_dir / "adamw_baseline" / "metrics.jsonl")
-  fig, ax = plt.subplots(figsize=(6, 4))
-  ax.plot([r["step"] for r in demo_recs], [r["loss"] for r in demo_recs],
+  col = ps.palette(4)
+  fig, ax = ps.pyplot().subplots(figsize=(6, 4))
+  ax.plot([r["step"] for r in demo_recs], [r["loss"] for r in demo_recs], color=col[0],
           label=f"{cfg.scheme}, {cfg.train.peers} peers (mean peer loss)")
   if base_recs:
-    ax.plot([r["step"] for r in base_recs], [r["loss"] for r in base_recs],
+    ax.plot([r["step"] for r in base_recs], [r["loss"] for r in base_recs], color=col[2],
             label="AdamW, same tokens per round")
-  for recs, style, name in ((demo_recs, "o", f"{cfg.scheme} val"), (base_recs, "s", "AdamW val")):
+  for recs, style, name, c in ((demo_recs, "o", f"{cfg.scheme} validation", col[1]),
+                               (base_recs, "s", "AdamW validation", col[3])):
     val = [(r["step"], r["val_loss"]) for r in recs if "val_loss" in r]
     if val:
-      ax.plot(*zip(*val), style + "--", label=name)
+      ax.plot(*zip(*val), style + "--", color=c, label=name)
   ax.set_xlabel("round (outer step)")
-  ax.set_ylabel("mean token cross-entropy")
-  ax.legend()
-  fig.tight_layout()
-  fig.savefig(out_dir / "loss_vs_adamw.png", dpi=120)
-  plt.close(fig)
+  ax.set_ylabel(ps.LOSS_LABEL)
+  ps.legend_outside(ax)
+  ps.title(fig, f"Decentralised training ({cfg.scheme}) against AdamW on the same tokens")
+  ps.save(fig, out_dir / "loss_vs_adamw.png")

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxnet import plotstyle as ps
+
 
 class ReportError(ValueError):
   """A report that cannot be made as asked (e.g. a round the run does not have); one line."""
@@ -91,81 +93,94 @@ def miner_table(log: dict, behaviours: list[str] | None = None) -> str:
   return "\n".join(lines)
 
 
-def plot_chain(run_dir: Path, recs: list[dict], behaviours: list[str] | None,
-               kinds: list[str] | None) -> list[Path]:
-  """Dividends per unit stake per validator, and miner emission per class, over epochs."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+def chain_figure(recs: list[dict], behaviours: list[str] | None, kinds: list[str] | None):
+  """Dividends per unit stake per validator, and miner emission per class, over epochs
+  (None without ledger epochs)."""
   logs = [r["ledger"] for r in recs if r.get("ledger") and "stake_units" in r["ledger"]]
   if not logs:
-    return []
+    return None
   ep = [g["epoch"] for g in logs]
-  fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+  fig, axes = ps.pyplot().subplots(1, 2, figsize=(12, 4))
   per = np.array([[u / s if s else 0.0 for u, s in zip(g["validator_units"], g["stake_units"])]
                   for g in logs])
+  vcol = ps.palette(per.shape[1])
   for v in range(per.shape[1]):
-    axes[0].plot(ep, per[:, v], marker=".", label=f"{v} {kinds[v] if kinds else ''}")
+    axes[0].plot(ep, per[:, v], marker=".", color=vcol[v],
+                 label=f"{v} {kinds[v] if kinds else ''}".strip())
   axes[0].set_xlabel("epoch")
-  axes[0].set_ylabel("dividends per unit stake")
-  axes[0].legend(fontsize=7)
+  axes[0].set_ylabel("dividends per unit stake (units / unit)")
+  axes[0].set_title("validators", fontsize=9)
+  ps.legend_outside(axes[0], title="validator")
   units = np.array([g["miner_units"] for g in logs], np.float64)
   share = units / np.maximum(units.sum(1, keepdims=True), 1)
   labels = behaviours or [str(u) for u in range(units.shape[1])]
+  ccol = ps.colour_map(sorted(set(labels)))
   for c in sorted(set(labels)):
     sel = np.array([x == c for x in labels])
-    axes[1].plot(ep, share[:, sel].sum(1), marker=".", label=c)
+    axes[1].plot(ep, share[:, sel].sum(1), marker=".", color=ccol[c], label=c)
   axes[1].set_xlabel("epoch")
-  axes[1].set_ylabel("share of miner emission")
-  axes[1].legend(fontsize=6, ncol=2)
-  fig.tight_layout()
-  fig.savefig(run_dir / "chain.png", dpi=110)
-  plt.close(fig)
-  return [run_dir / "chain.png"]
+  axes[1].set_ylabel("share of miner emission (fraction)")
+  axes[1].set_title("miners by behaviour", fontsize=9)
+  ps.legend_outside(axes[1], title="behaviour")
+  fig.subplots_adjust(wspace=0.7)
+  ps.title(fig, "The chain: what each validator and each class of miner earned per epoch")
+  return fig
 
 
-def plot_run(run_dir: Path, recs: list[dict], behaviours: list[str] | None) -> list[Path]:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  out = []
+def plot_chain(run_dir: Path, recs: list[dict], behaviours: list[str] | None,
+               kinds: list[str] | None) -> list[Path]:
+  fig = chain_figure(recs, behaviours, kinds)
+  return [] if fig is None else [ps.save(fig, run_dir / "chain.png")]
+
+
+def run_figures(recs: list[dict], behaviours: list[str] | None) -> dict:
+  """{file name: figure} of a run: loss; weight share per class and BMA / ordinal per uid
+  when the records hold validator reports."""
+  plt = ps.pyplot()
+  figs = {}
   rounds = [r.get("round", r.get("step")) for r in recs]
+  unit = "round" if "round" in recs[0] else "step"
   fig, ax = plt.subplots(figsize=(6, 4))
   key = "val_loss" if "val_loss" in recs[0] else "loss"
-  ax.plot(rounds, [r[key] for r in recs])
-  ax.set_xlabel("round")
-  ax.set_ylabel(key.replace("_", " "))
-  fig.tight_layout()
-  fig.savefig(run_dir / "loss.png", dpi=110)
-  plt.close(fig)
-  out.append(run_dir / "loss.png")
+  ax.plot(rounds, [r[key] for r in recs], color=ps.palette(1)[0])
+  ax.set_xlabel(unit)
+  ax.set_ylabel(("held-out " if key == "val_loss" else "training ") + ps.LOSS_LABEL)
+  ps.title(fig, "Loss of the shared model" if key == "val_loss" else "Training loss")
+  figs["loss.png"] = fig
   if "report" not in recs[0]:
-    return out
+    return figs
   if "weight_by_class" in recs[0]:
     classes = sorted(recs[0]["weight_by_class"])
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.stackplot(rounds, *[[r["weight_by_class"][c] for r in recs] for c in classes], labels=classes)
-    ax.set_xlabel("round")
-    ax.set_ylabel("weight share")
-    ax.legend(loc="center left", fontsize=7)
-    fig.tight_layout()
-    fig.savefig(run_dir / "weights.png", dpi=110)
-    plt.close(fig)
-    out.append(run_dir / "weights.png")
-  fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-  for name, ax in zip(("bma", "ordinal"), axes):
+    col = ps.colour_map(classes)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.stackplot(rounds, *[[r["weight_by_class"][c] for r in recs] for c in classes],
+                 labels=classes, colors=[col[c] for c in classes])
+    ax.set_xlabel(unit)
+    ax.set_ylabel("share of the round's weights (fraction)")
+    ps.legend_outside(ax, title="behaviour")
+    ps.title(fig, "Who the validator paid: weight per behaviour class")
+    figs["weights.png"] = fig
+  fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+  n = len(recs[0]["report"]["bma"])
+  col = ps.palette(n)
+  for name, ax, what in zip(("bma", "ordinal"), axes,
+                            ("BMA (moving average of the binary indicator, -1..1)",
+                             "OpenSkill ordinal (mu - z sigma, rating points)")):
     arr = np.array([r["report"][name] for r in recs])
     for u in range(arr.shape[1]):
       label = f"{u} {behaviours[u]}" if behaviours else str(u)
-      ax.plot(rounds, arr[:, u], label=label, lw=1)
-    ax.set_xlabel("round")
-    ax.set_ylabel(name)
-  axes[1].legend(fontsize=6, ncol=2)
-  fig.tight_layout()
-  fig.savefig(run_dir / "scores.png", dpi=110)
-  plt.close(fig)
-  out.append(run_dir / "scores.png")
-  return out
+      ax.plot(rounds, arr[:, u], label=label, lw=1, color=col[u])
+    ax.set_xlabel(unit)
+    ax.set_ylabel(what)
+  ps.legend_outside(axes[1], title="uid", ncol=1 if n <= 16 else 2)
+  fig.subplots_adjust(wspace=0.3)
+  ps.title(fig, "Per-uid scores over the run (the validator never sees the behaviour labels)")
+  figs["scores.png"] = fig
+  return figs
+
+
+def plot_run(run_dir: Path, recs: list[dict], behaviours: list[str] | None) -> list[Path]:
+  return [ps.save(fig, run_dir / name) for name, fig in run_figures(recs, behaviours).items()]
 
 
 def _round_number(text: str) -> int:

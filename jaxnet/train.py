@@ -170,18 +170,16 @@ def train(cfg: Config, *, progress: bool = True, devices=None, stop_after: int |
 
 
 def plot_losses(metrics_path: Path, png_path: Path, label: str = "AdamW") -> None:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  from jaxnet import plotstyle as ps
   recs = read_metrics(metrics_path)
-  fig, ax = plt.subplots(figsize=(6, 4))
-  ax.plot([r["step"] for r in recs], [r["loss"] for r in recs], label=f"{label} train")
+  col = ps.palette(2)
+  fig, ax = ps.pyplot().subplots(figsize=(6, 4))
+  ax.plot([r["step"] for r in recs], [r["loss"] for r in recs], color=col[0], label=f"{label} train")
   val = [(r["step"], r["val_loss"]) for r in recs if "val_loss" in r]
   if val:
-    ax.plot(*zip(*val), "o-", label=f"{label} validation")
+    ax.plot(*zip(*val), "o-", color=col[1], label=f"{label} validation")
   ax.set_xlabel("step")
-  ax.set_ylabel("mean token cross-entropy")
-  ax.legend()
-  fig.tight_layout()
-  fig.savefig(png_path, dpi=120)
-  plt.close(fig)
+  ax.set_ylabel(ps.LOSS_LABEL)
+  ps.legend_outside(ax)
+  ps.title(fig, f"Centralised training: {label} loss")
+  ps.save(fig, png_path)

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxnet import plotstyle as ps
+
 
 def earned(recs: list[dict]) -> np.ndarray:
   """Per peer: units minted to it over the run."""
@@ -39,42 +41,47 @@ def table(recs: list[dict], behaviours: list[str] | None) -> str:
   return "\n".join(lines)
 
 
-def plot(run_dir: Path, recs: list[dict], behaviours: list[str] | None) -> list[Path]:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+def figure(recs: list[dict], behaviours: list[str] | None):
+  """W of the last block, stake share per class over blocks, pay against true value."""
   labels = behaviours or [str(i) for i in range(len(recs[0]["stake"]))]
-  fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+  classes = sorted(set(labels))
+  col = ps.colour_map(classes)
+  fig, axes = ps.pyplot().subplots(1, 3, figsize=(17, 4.4))
   W = np.asarray(recs[-1]["W"], np.float64)
   W[np.eye(len(W), dtype=bool)] = np.nan   # the self-loop would swamp the colour scale
   im = axes[0].imshow(W, cmap="viridis")
   axes[0].set_title(f"W at block {recs[-1]['block']} (row i: how i values j; "
                     "self-loop masked)", fontsize=9)
-  axes[0].set_xlabel("j")
-  axes[0].set_ylabel("i")
-  fig.colorbar(im, ax=axes[0], fraction=0.046)
+  axes[0].set_xlabel("peer j (valued)")
+  axes[0].set_ylabel("peer i (valuing)")
+  bar = fig.colorbar(im, ax=axes[0], fraction=0.046)
+  bar.set_label("weight W_ij (row share)")
   blocks = [r["block"] for r in recs]
   stake = np.asarray([r["stake"] for r in recs], np.float64)
   share = stake / stake.sum(1, keepdims=True)
-  for c in sorted(set(labels)):
+  for c in classes:
     sel = np.array([x == c for x in labels])
-    axes[1].plot(blocks, share[:, sel].sum(1), label=f"{c} ({sel.sum()})")
+    axes[1].plot(blocks, share[:, sel].sum(1), color=col[c], label=f"{c} ({sel.sum()})")
   axes[1].set_xlabel("block")
-  axes[1].set_ylabel("stake share")
-  axes[1].legend(fontsize=7)
+  axes[1].set_ylabel("share of all stake (fraction)")
+  axes[1].set_title("stake per class", fontsize=9)
+  ps.legend_outside(axes[1], title="class (peers)")
   paid = earned(recs).astype(np.float64)
   value = np.sum([r["value"] for r in recs], axis=0)
-  for c in sorted(set(labels)):
+  for c in classes:
     sel = np.array([x == c for x in labels])
-    axes[2].scatter(value[sel], paid[sel] / max(paid.sum(), 1), label=c, s=18)
-  axes[2].set_xlabel("true marginal value (leave-one-out, summed over blocks)")
-  axes[2].set_ylabel("share of emission earned")
-  axes[2].legend(fontsize=7)
-  fig.tight_layout()
-  path = run_dir / "market.png"
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return [path]
+    axes[2].scatter(value[sel], paid[sel] / max(paid.sum(), 1), color=col[c], label=c, s=18)
+  axes[2].set_xlabel("true marginal value (leave-one-out loss drop, nats, summed over blocks)")
+  axes[2].set_ylabel("share of emission earned (fraction)")
+  axes[2].set_title("pay against value, one point per peer", fontsize=9)
+  ps.legend_outside(axes[2], title="class")
+  fig.subplots_adjust(wspace=0.55)
+  ps.title(fig, "The 2020 market: how peers value each other, and who the ledger pays")
+  return fig
+
+
+def plot(run_dir: Path, recs: list[dict], behaviours: list[str] | None) -> list[Path]:
+  return [ps.save(figure(recs, behaviours), run_dir / "market.png")]
 
 
 def audit(run_dir: Path, recs: list[dict]) -> str:
