@@ -155,8 +155,6 @@ def plot_comparison(out_dir: Path, cfg: Config) -> None:
     val = [(r["step"], r["val_loss"]) for r in recs if "val_loss" in r]
     if val:
       ax.plot(*zip(*val), style + "--", color=c, label=name)
-  ax.set_xlabel("round (outer step)")
-  ax.set_ylabel(ps.LOSS_LABEL)
-  ps.legend_outside(ax)
+  ps.label(ax, "round (outer step)", ps.LOSS_LABEL, legend="")
   ps.title(fig, f"Decentralised training ({cfg.scheme}) against AdamW on the same tokens")
   ps.save(fig, out_dir / "loss_vs_adamw.png")

@@ -59,6 +59,17 @@ def legend_outside(ax, title: str | None = None, ncol: int = 1, fontsize: float 
             fontsize=fontsize, title=title, title_fontsize=fontsize, frameon=False)
 
 
+def label(ax, x: str, y: str, title: str | None = None, legend: str | None = None,
+          ncol: int = 1) -> None:
+  """Both axis labels (with units), an optional panel title and a legend outside."""
+  ax.set_xlabel(x)
+  ax.set_ylabel(y)
+  if title:
+    ax.set_title(title, fontsize=9)
+  if legend is not None:
+    legend_outside(ax, title=legend or None, ncol=ncol)
+
+
 def title(fig, text: str) -> None:
   fig.suptitle(text, fontsize=10)
 

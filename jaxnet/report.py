@@ -107,10 +107,7 @@ def chain_figure(recs: list[dict], behaviours: list[str] | None, kinds: list[str
   for v in range(per.shape[1]):
     axes[0].plot(ep, per[:, v], marker=".", color=vcol[v],
                  label=f"{v} {kinds[v] if kinds else ''}".strip())
-  axes[0].set_xlabel("epoch")
-  axes[0].set_ylabel("dividends per unit stake (units / unit)")
-  axes[0].set_title("validators", fontsize=9)
-  ps.legend_outside(axes[0], title="validator")
+  ps.label(axes[0], "epoch", "dividends per unit stake (units / unit)", "validators", "validator")
   units = np.array([g["miner_units"] for g in logs], np.float64)
   share = units / np.maximum(units.sum(1, keepdims=True), 1)
   labels = behaviours or [str(u) for u in range(units.shape[1])]
@@ -118,10 +115,8 @@ def chain_figure(recs: list[dict], behaviours: list[str] | None, kinds: list[str
   for c in sorted(set(labels)):
     sel = np.array([x == c for x in labels])
     axes[1].plot(ep, share[:, sel].sum(1), marker=".", color=ccol[c], label=c)
-  axes[1].set_xlabel("epoch")
-  axes[1].set_ylabel("share of miner emission (fraction)")
-  axes[1].set_title("miners by behaviour", fontsize=9)
-  ps.legend_outside(axes[1], title="behaviour")
+  ps.label(axes[1], "epoch", "share of miner emission (fraction)", "miners by behaviour",
+           "behaviour")
   fig.subplots_adjust(wspace=0.7)
   ps.title(fig, "The chain: what each validator and each class of miner earned per epoch")
   return fig
@@ -143,8 +138,7 @@ def run_figures(recs: list[dict], behaviours: list[str] | None) -> dict:
   fig, ax = plt.subplots(figsize=(6, 4))
   key = "val_loss" if "val_loss" in recs[0] else "loss"
   ax.plot(rounds, [r[key] for r in recs], color=ps.palette(1)[0])
-  ax.set_xlabel(unit)
-  ax.set_ylabel(("held-out " if key == "val_loss" else "training ") + ps.LOSS_LABEL)
+  ps.label(ax, unit, ("held-out " if key == "val_loss" else "training ") + ps.LOSS_LABEL)
   ps.title(fig, "Loss of the shared model" if key == "val_loss" else "Training loss")
   figs["loss.png"] = fig
   if "report" not in recs[0]:
@@ -155,9 +149,7 @@ def run_figures(recs: list[dict], behaviours: list[str] | None) -> dict:
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.stackplot(rounds, *[[r["weight_by_class"][c] for r in recs] for c in classes],
                  labels=classes, colors=[col[c] for c in classes])
-    ax.set_xlabel(unit)
-    ax.set_ylabel("share of the round's weights (fraction)")
-    ps.legend_outside(ax, title="behaviour")
+    ps.label(ax, unit, "share of the round's weights (fraction)", legend="behaviour")
     ps.title(fig, "Who the validator paid: weight per behaviour class")
     figs["weights.png"] = fig
   fig, axes = plt.subplots(1, 2, figsize=(12, 4))
@@ -170,8 +162,7 @@ def run_figures(recs: list[dict], behaviours: list[str] | None) -> dict:
     for u in range(arr.shape[1]):
       label = f"{u} {behaviours[u]}" if behaviours else str(u)
       ax.plot(rounds, arr[:, u], label=label, lw=1, color=col[u])
-    ax.set_xlabel(unit)
-    ax.set_ylabel(what)
+    ps.label(ax, unit, what)
   ps.legend_outside(axes[1], title="uid", ncol=1 if n <= 16 else 2)
   fig.subplots_adjust(wspace=0.3)
   ps.title(fig, "Per-uid scores over the run (the validator never sees the behaviour labels)")

@@ -178,8 +178,6 @@ def plot_losses(metrics_path: Path, png_path: Path, label: str = "AdamW") -> Non
   val = [(r["step"], r["val_loss"]) for r in recs if "val_loss" in r]
   if val:
     ax.plot(*zip(*val), "o-", color=col[1], label=f"{label} validation")
-  ax.set_xlabel("step")
-  ax.set_ylabel(ps.LOSS_LABEL)
-  ps.legend_outside(ax)
+  ps.label(ax, "step", ps.LOSS_LABEL, legend="")
   ps.title(fig, f"Centralised training: {label} loss")
   ps.save(fig, png_path)

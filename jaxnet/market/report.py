@@ -62,19 +62,14 @@ def figure(recs: list[dict], behaviours: list[str] | None):
   for c in classes:
     sel = np.array([x == c for x in labels])
     axes[1].plot(blocks, share[:, sel].sum(1), color=col[c], label=f"{c} ({sel.sum()})")
-  axes[1].set_xlabel("block")
-  axes[1].set_ylabel("share of all stake (fraction)")
-  axes[1].set_title("stake per class", fontsize=9)
-  ps.legend_outside(axes[1], title="class (peers)")
+  ps.label(axes[1], "block", "share of all stake (fraction)", "stake per class", "class (peers)")
   paid = earned(recs).astype(np.float64)
   value = np.sum([r["value"] for r in recs], axis=0)
   for c in classes:
     sel = np.array([x == c for x in labels])
     axes[2].scatter(value[sel], paid[sel] / max(paid.sum(), 1), color=col[c], label=c, s=18)
-  axes[2].set_xlabel("true marginal value (leave-one-out loss drop, nats, summed over blocks)")
-  axes[2].set_ylabel("share of emission earned (fraction)")
-  axes[2].set_title("pay against value, one point per peer", fontsize=9)
-  ps.legend_outside(axes[2], title="class")
+  ps.label(axes[2], "true marginal value (leave-one-out loss drop, nats, summed over blocks)",
+           "share of emission earned (fraction)", "pay against value, one point per peer", "class")
   fig.subplots_adjust(wspace=0.55)
   ps.title(fig, "The 2020 market: how peers value each other, and who the ledger pays")
   return fig
