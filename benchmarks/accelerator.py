@@ -61,7 +61,7 @@ SIZES = {
              "train": ("150m", ["--train.batch_size", "128", "--train.microbatch", "32"]),
              "compress": "150m", "copies": ("150m", 256, 16), "yuma": (256, 4096),
              "matmul": (8192, jnp.bfloat16), "copy_mib": 2048, "torch_peers": 4},
-    "tiny": {"lossscore": [("tiny", 8, None), ("tiny", 4, None)], "seq_len": None,
+    "tiny": {"lossscore": [("tiny", 8, None)], "seq_len": None,
              "train": ("tiny", []), "compress": "tiny", "copies": ("tiny", 16, 4),
              "yuma": (16, 64), "matmul": (1024, jnp.float32), "copy_mib": 64, "torch_peers": 2},
 }

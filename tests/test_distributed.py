@@ -83,6 +83,25 @@ def test_two_processes_train_like_one(tmp_path):
   assert (tmp_path / "two" / "checkpoints" / "4").is_dir()
 
 
+def test_two_processes_split_the_peers_step_exactly(tmp_path):
+  """The peers' step (most of a round) with the peer axis split across 2 processes equals the
+  same step on one process's devices, leaf for leaf: submissions, scheme states, losses,
+  the desynced uid's step on its stale model too (tests/split_peers_check.py)."""
+  port = _free_port()
+  procs = []
+  for i in range(2):
+    env = _env({"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2",
+                "JAX_PROCESS_ID": str(i)})
+    procs.append(subprocess.Popen([sys.executable, str(ROOT / "tests" / "split_peers_check.py"),
+                                   str(ROOT / "configs" / "sim-tiny.yaml")], cwd=ROOT, env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+  outs = [p.communicate(timeout=TIMEOUT_S)[0] for p in procs]
+  for i, (p, out) in enumerate(zip(procs, outs)):
+    assert p.returncode == 0, out[-3000:]
+    assert f"process {i}: split peers' step equals the local one" in out
+
+
+@pytest.mark.slow   # CI time: the split is checked above; this runs whole rounds (3 min)
 def test_two_processes_simulate_like_one(tmp_path):
   """The peer axis splits over the two processes' devices (each computes 3 uids' step, the
   desynced uid's on its stale model too) and every process gathers the whole network."""

@@ -129,6 +129,7 @@ def test_blame_follows_evidence_not_upload_time():
   assert bool(blamed_t[0, 1]) and not bool(blamed_t[1, 0])
 
 
+@pytest.mark.slow   # CI time (42 s): the detector's flags stay tested in this file and tests/test_sim.py
 def test_sketched_cosines_match_the_exact_ones_and_partial_copies_share_chunks():
   """The sketch of every chunk (the tiny model has fewer chunks than the sample) against
   the exact cosine of the per-chunk unit coefficient vectors; a copy that re-randomises

@@ -152,6 +152,7 @@ class _Killed(Exception):
   pass
 
 
+@pytest.mark.slow   # CI time: the other kill/resume tests of this file stay
 def test_kill_right_after_a_checkpoint_keeps_its_metrics_record(tmp_path, monkeypatch):
   straight = _train(_cfg(tmp_path, "straight", "--train.eval_every", "2"))
   cfg = _cfg(tmp_path, "killed", "--checkpoint.every", "2", "--train.eval_every", "2")

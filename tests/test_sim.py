@@ -172,6 +172,7 @@ def test_late_early_zeros_replay_sybil(timing_run):
 
 @pytest.mark.parametrize("scheme", ["demo", pytest.param("diloco", marks=pytest.mark.slow),
                                     pytest.param("sparseloco", marks=pytest.mark.slow)])
+@pytest.mark.slow   # CI time (63 s): resume is also exercised by the extended run below and tests/test_rundir.py
 def test_kill_and_resume_is_bit_exact(tmp_path, scheme):
   """Every scheme's network: peer states (momentum, inner AdamW, error feedback), the
   outer optimizer state and the validator survive a kill between rounds bit for bit.
@@ -193,7 +194,7 @@ def test_kill_and_resume_is_bit_exact(tmp_path, scheme):
 def test_a_reused_storage_directory_never_scores_another_runs_uploads(tmp_path):
   """Repro: a second run in the same sim.storage directory scored the first run's objects,
   and a free rider that uploaded nothing earned 0.27-0.63 of the weight."""
-  over = ["--sim.rounds", "3", "--sim.storage", str(tmp_path / "bucket"),
+  over = ["--sim.rounds", "2", "--sim.storage", str(tmp_path / "bucket"),
           "--sim.peers", '["honest:3", "free_rider:1"]']
   # in the first run uid 3 is honest and uploads every round into the same directory
   first = network.simulate(load_config(SIM_TINY, over + ["--sim.peers", '["honest:4"]',
@@ -207,6 +208,6 @@ def test_a_reused_storage_directory_never_scores_another_runs_uploads(tmp_path):
     assert rec["report"]["reason"][free] == "missing"
     assert rec["report"]["weight"][free] == 0
   # and a simulation can be extended: sim.rounds only lengthens the run
-  longer = load_config(SIM_TINY, over[:1] + ["5"] + over[2:] + ["--train.out_dir", str(tmp_path / "b")])
+  longer = load_config(SIM_TINY, over[:1] + ["3"] + over[2:] + ["--train.out_dir", str(tmp_path / "b")])
   extended = network.simulate(longer, progress=False)
-  assert extended["start"] == 3 and extended["end"] == 5 and extended["run_id"] == second["run_id"]
+  assert extended["start"] == 2 and extended["end"] == 3 and extended["run_id"] == second["run_id"]

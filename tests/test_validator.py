@@ -124,6 +124,7 @@ def test_slashes_never_raise_a_negative_score(round_setup):
 
 
 @skip_if_not_enough_devices(4)
+@pytest.mark.slow   # CI time: device-count invariance stays in tests/test_peer.py and test_train.py
 def test_one_and_four_devices_give_the_same_report(round_setup):
   # N = 14 uids: 2 devices divide it; the 4-device mesh pads the peer axis to 16
   _, r1 = _run(round_setup, shd.make_mesh("peer", 1))
