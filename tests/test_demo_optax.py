@@ -5,6 +5,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 import optax
 
 from jaxnet import decentral, peer
@@ -40,6 +41,7 @@ def test_outer_transformation_is_the_outer_step():
           np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.slow   # CI time (21 s): the outer transformation's equivalence stays in this file
 def test_single_worker_optimizer_equals_a_one_peer_decentral_round():
   cfg = load_config(TINY, ["--demo.warmup", "2", "--demo.ef_warmup", "1"])
   corpus = jdata.load_corpus(cfg.data)

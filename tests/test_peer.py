@@ -47,6 +47,7 @@ def _assert_close(a, b, atol=1e-6):
     np.testing.assert_allclose(np.asarray(x, np.float64), np.asarray(y, np.float64), atol=atol, rtol=0)
 
 
+@pytest.mark.slow   # CI time (31 s): a one-peer step equals its row of the lifted round bit for bit in tests/net/test_processes.py
 def test_lifted_round_equals_python_loop(setup):
   cfg, params, layout, batches, states = setup
   lr = jnp.float32(4e-4)
@@ -77,6 +78,7 @@ def test_peer_submission_matches_its_own_pages(setup):
   assert diff > 1e-4
 
 
+@pytest.mark.slow   # CI time (25 s): bit-exact resume stays in tests/test_train.py and tests/test_rundir.py
 def test_decentralised_tiny_run_learns_and_resumes(tmp_path):
   over = ["--train.optimizer", "decentral", "--train.peers", "4", "--train.steps", "6",
           "--demo.warmup", "2", "--demo.lr", "3e-3", "--train.compare_baseline", "false",

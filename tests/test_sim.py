@@ -191,6 +191,7 @@ def test_kill_and_resume_is_bit_exact(tmp_path, scheme):
   assert straight["history"][-1]["report"] == resumed["history"][-1]["report"]
 
 
+@pytest.mark.slow   # CI time (56 s): runs never mixing in one store stays in tests/net/test_s3_storage.py (every backend)
 def test_a_reused_storage_directory_never_scores_another_runs_uploads(tmp_path):
   """Repro: a second run in the same sim.storage directory scored the first run's objects,
   and a free rider that uploaded nothing earned 0.27-0.63 of the weight."""
