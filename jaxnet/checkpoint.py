@@ -24,14 +24,11 @@ class CheckpointError(RuntimeError):
   """A checkpoint that cannot be used: missing, partial, or from another config."""
 
 
-_host_value = shd.host_value
-
-
 def digests(tree) -> dict[str, str]:
   """SHA-256 of every leaf (dtype, shape and bytes), keyed by its '/'-joined tree path."""
   out = {}
   for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    a = np.ascontiguousarray(_host_value(leaf))
+    a = np.ascontiguousarray(shd.host_value(leaf))
     h = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode())
     h.update(a.tobytes())
     out[jax.tree_util.keystr(path)] = h.hexdigest()

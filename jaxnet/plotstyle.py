@@ -82,11 +82,11 @@ def save(fig, path: Path) -> Path:
 
 
 def _series_colours(ax) -> list[tuple]:
+  from matplotlib.colors import to_rgb
   cols = []
   for line in ax.get_lines():
     if line.get_label().startswith("_"):   # helper lines (thresholds, guides) are not series
       continue
-    from matplotlib.colors import to_rgb
     cols.append(tuple(np.round(to_rgb(line.get_color()), 4)))
   for coll in ax.collections:
     if coll.get_label().startswith("_"):

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 from typing import Callable
 
-import jax.numpy as jnp
 
 from jaxnet.checkpoint import digests
 from jaxnet.config import Config
@@ -101,10 +100,8 @@ def theta_digest(params) -> str:
 
 
 def outer_step(net, params, outer, subs_N, valid_N):
-  """Aggregate the valid gathered submissions and take the scheme's outer step, as the
-  simulator does on every node (gauntlet.md §5)."""
-  direction = net._agg(subs_N, jnp.asarray(valid_N, bool))
-  return net._outer(params, outer, direction)
+  """The simulator's step of every honest node (`Network.outer_step`) -> (params, outer)."""
+  return net.outer_step(params, outer, subs_N, valid_N)[:2]
 
 
 def fetch_all(store: Storage, names: list[str], max_bytes: int, retries: int | None,

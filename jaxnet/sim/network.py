@@ -198,7 +198,6 @@ class Network:
 
   def upload(self, st: NetState, w: int, lr_t):
     """Every uid computes and uploads round w (gradient + debug objects) into the storage."""
-    n = self.n
     with self.phases("peers: gradient + encode"):
       subs, states, peer_losses = self._compute(st, w, lr_t)
     with self.phases("serialise + upload"):
@@ -210,8 +209,10 @@ class Network:
     own = [jax.tree.map(lambda x: x[u], subs) for u in range(n)]
     # one device-to-host copy of last round's submissions, then host slices (not N x leaves
     # device slices)
-    prev_host = jax.tree.map(np.asarray, st.prev_subs) if w > 0 else None
-    prev = [jax.tree.map(lambda x: x[u], prev_host) for u in range(n)] if w > 0 else [None] * n
+    prev = [None] * n
+    if w > 0:
+      prev_host = jax.tree.map(np.asarray, st.prev_subs)
+      prev = [jax.tree.map(lambda x: x[u], prev_host) for u in range(n)]
     uploads, offsets, probe_ok = adversaries.make_uploads(self.behaviours, own, w, prev,
                                                           self.layout, self.cfg.sim,
                                                           self.scheme)
@@ -282,6 +283,13 @@ class Network:
       report["reason"] = collect.explain(report, reasons)
     return inputs, vstate, reports, lead, report
 
+  def outer_step(self, params, outer, subs_N, valid_N):
+    """Every honest node's step (gauntlet.md §5): the mean direction of the valid gathered
+    submissions, then the scheme's outer step -> (params, outer state, direction). The
+    peer and validator processes (jaxnet.net) take the same step."""
+    direction = self._agg(subs_N, jnp.asarray(valid_N, bool))
+    return (*self._outer(params, outer, direction), direction)
+
   def run_round(self, st: NetState) -> tuple[NetState, dict]:
     cfg = self.cfg
     w = int(st.window)
@@ -289,9 +297,9 @@ class Network:
     ph = self.phases
     subs, states, peer_losses = self.upload(st, w, lr_t)
     inputs, vstate, reports, lead, report = self.score_round(st, w, lr_t)
-    with ph("aggregate + outer step"):  # the valid gather peers, outer step on every node
-      direction = self._agg(inputs.subs, jnp.asarray(report["gather_valid"]))
-      params, outer_state = self._outer(st.params, st.outer, direction)
+    with ph("aggregate + outer step"):
+      params, outer_state, direction = self.outer_step(st.params, st.outer, inputs.subs,
+                                                       report["gather_valid"])
       # a desynced node applies only every desync_every-th step (with the honest outer state)
       stale = (self._outer(st.stale_params, st.outer, direction)[0]
                if w % cfg.sim.desync_every == 0 else st.stale_params)
