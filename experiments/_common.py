@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import re
+import sys
 import time
 from pathlib import Path
 
@@ -20,6 +22,21 @@ COMPUTE = {"honest": 1.0, "wrong_data": 1.0, "desync": 1.0, "late": 1.0, "early"
            "stale_copier": 0.0, "scaled_copier": 0.0}
 
 
+def class_colours(classes) -> dict:
+  """Behaviour class -> colour, the same in every experiment's figure: honest first, then
+  every class `COMPUTE` knows and the sybil, then any other (all distinct)."""
+  from jaxnet import plotstyle
+  known = ["honest"] + sorted((set(COMPUTE) | {"sybil", "degraded"}) - {"honest"})
+  return plotstyle.colour_map(known + sorted(set(classes) - set(known)))
+
+
+def market_colours(classes) -> dict:
+  """Market peer class -> colour, the same in every market figure (honest first)."""
+  from jaxnet import plotstyle
+  known = ["honest", "cabal", "copier", "lazy", "noise"]
+  return plotstyle.colour_map(known + sorted(set(classes) - set(known)))
+
+
 def out_paths(name: str) -> tuple[Path, Path]:
   RESULTS.mkdir(parents=True, exist_ok=True)
   return RESULTS / f"{name}.json", RESULTS / f"{name}.png"
@@ -33,17 +50,41 @@ def fresh_run_dir(name: str) -> str:
   return str(path)
 
 
-def save_figure(fig, path: Path, rect=None) -> None:
-  """tight_layout, 110 dpi PNG, close, and say where it went (every experiment's figure)."""
-  import matplotlib.pyplot as plt
-  fig.tight_layout(**({"rect": rect} if rect else {}))
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+def save_figure(fig, path: Path):
+  """The shared style's PNG (tight bounding box: legends outside are kept), closed; returns
+  the figure so that tests can check it with `plotstyle.problems`."""
+  from jaxnet import plotstyle
+  plotstyle.save(fig, path)
   print(f"wrote {path}")
+  return fig
+
+
+def plot_only(argv, name: str, plot) -> bool:
+  """`--plot-only [NAME]`: re-draw results/NAME.png from results/NAME.json with `plot(data,
+  png_path)` and run nothing (NAME defaults to the experiment's own). False without the flag."""
+  argv = sys.argv[1:] if argv is None else list(argv)
+  if "--plot-only" not in argv:
+    return False
+  i = argv.index("--plot-only")
+  if i + 1 < len(argv) and not argv[i + 1].startswith("-"):
+    name = Path(argv[i + 1]).stem   # NAME, results/NAME.json or results/NAME.png
+  json_path, png_path = out_paths(name)
+  try:
+    plot(json.loads(json_path.read_text()), png_path)
+  except ValueError as e:   # a JSON that lacks what the figure needs says so
+    sys.exit(f"--plot-only {name}: {e}")
+  return True
+
+
+_NUM = r"(?:-?[0-9][0-9.eE+-]*|-?Infinity|NaN|null)"
 
 
 def write_json(path: Path, data: dict) -> None:
-  path.write_text(json.dumps(data, indent=2, default=lambda o: np.asarray(o).tolist()))
+  text = json.dumps(data, indent=2, default=lambda o: np.asarray(o).tolist())
+  # a list of numbers on one line: a per-round curve is one line, not one line per value
+  text = re.sub(rf"\[\s*({_NUM}(?:,\s*{_NUM})*)\s*\]",
+                lambda m: "[" + re.sub(r",\s*", ", ", m.group(1)) + "]", text)
+  path.write_text(text)
   print(f"wrote {path}")
 
 

@@ -9,6 +9,7 @@ peers in two disjoint blocks (the paper's cabal setting, §1.3). All scenarios (
 x seeds) run in one vmapped call per mechanism.
 
   python experiments/collusion_sweep.py [--out results/collusion_sweep.json]
+  python experiments/collusion_sweep.py --plot-only   # re-draw the PNG from the JSON
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from _common import out_paths, plot_only, save_figure
 from jaxnet.ledger import BitTensorConfig, YumaConfig, run, run_2020
 
 V, M, V_C, M_C = 64, 256, 16, 64  # validators, miners; coalition validators and miners
@@ -73,8 +75,12 @@ def sweep_2020(shares, blocks, params):
 
 
 def main(argv=None):
+  if plot_only(argv, "collusion_sweep", plot):
+    return
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  ap.add_argument("--out", default="results/collusion_sweep.json")
+  # under the repository's results/ from any working directory (the README runs it from
+  # experiments/, which used to leave a stray copy in experiments/results/)
+  ap.add_argument("--out", default=str(out_paths("collusion_sweep")[0]))
   ap.add_argument("--seeds", type=int, default=4)
   ap.add_argument("--epochs", type=int, default=20)
   ap.add_argument("--blocks", type=int, default=100)
@@ -115,7 +121,7 @@ def main(argv=None):
   out = Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(json.dumps(result, indent=2))
-  plot(shares, y_first, y_last, first_2020, final_2020, yp.kappa, args, out.with_suffix(".png"))
+  plot(result, out.with_suffix(".png"))
   print(f"{'stake':>6} {'yuma e0':>8} {'yuma e' + str(args.epochs - 1):>8} "
         f"{'2020 b1':>8} {'2020 S' + str(args.blocks):>9}")
   for x, i in idx.items():
@@ -123,28 +129,38 @@ def main(argv=None):
   print(f"wrote {out} and {out.with_suffix('.png')} in {elapsed:.1f}s")
 
 
-def plot(shares, y_first, y_last, first_2020, final_2020, kappa, args, path):
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  fig, ax = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-  ax[0].plot(shares, y_first, "o-", ms=3, label="epoch 0")
-  ax[0].plot(shares, y_last, "s-", ms=3, label=f"epoch {args.epochs - 1} (bonds built)")
-  ax[0].set_title("Yuma Consensus (Yuma 2, chain defaults)")
-  ax[1].plot(shares, first_2020, "o-", ms=3, label="emission share, block 1")
-  ax[1].plot(shares, final_2020, "s-", ms=3, label=f"stake share after {args.blocks} blocks")
-  ax[1].set_title("2020 mechanism (rho 10, tau 0.1)")
-  for a in ax:
-    a.plot([0, 1], [0, 1], "k:", lw=1, label="share = stake")
-    a.axvline(kappa, color="grey", lw=1, ls="--", label="kappa")
+def plot(out: dict, path):
+  """Both mechanisms' coalition share against its stake share, from the JSON."""
+  from jaxnet import plotstyle as ps
+  plt = ps.pyplot()
+  shares = out["stake_share"]
+  y, b = out["yuma"], out["bittensor2020"]
+  fig, ax = plt.subplots(2, 1, figsize=(7.5, 7), sharex=True)
+  c = ps.palette(4)   # four series over the two panels: none shares a colour
+  # the two Yuma curves coincide: the later one is drawn wide and pale under the first
+  ax[0].plot(shares, y["emission_share_epoch0"], "o-", ms=3, color=c[0], zorder=3,
+             label="emission share, epoch 0")
+  ax[0].plot(shares, y["emission_share_last_epoch"], "s-", ms=7, lw=4, alpha=0.45, color=c[1],
+             label=f"emission share, epoch {y['epochs'] - 1} (bonds built)")
+  ax[0].set_title(f"Yuma Consensus (Yuma 2, chain defaults): {y['validators']} validators x "
+                  f"{y['miners']} miners, mean of {y['seeds']} seeds", fontsize=9)
+  ax[1].plot(shares, b["emission_share_first_block"], "o-", ms=3, color=c[2],
+             label="emission share, block 1")
+  ax[1].plot(shares, b["stake_share_after_blocks"], "s-", ms=3, color=c[3],
+             label=f"stake share after {b['blocks']} blocks")
+  ax[1].set_title(f"2020 mechanism (rho {b['config']['rho']:g}, tau {b['config']['tau']:g}): "
+                  f"{b['peers']} peers in two disjoint blocks", fontsize=9)
+  for a, kappa in zip(ax, (y["config"]["kappa"], b["config"]["kappa"])):
+    a.plot([0, 1], [0, 1], "k:", lw=1, label="share = stake share")
+    a.axvline(kappa, color="grey", lw=1, ls="--", label=f"kappa = {kappa:.5g}")
     a.set_xlim(0.08, 0.62)
     a.set_ylim(-0.02, 1.02)
-    a.set_xlabel("coalition stake share")
-    a.legend(fontsize=8, loc="upper left")
-  ax[0].set_ylabel("coalition share")
+    ps.label(a, "coalition stake share (fraction of all stake)",
+             "coalition share (fraction)", legend="")
+  ax[0].tick_params(labelbottom=True)
+  ps.title(fig, "A coalition weighting only its own miners: its share against its stake share")
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  return save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ baseline given the same tokens per round (the paper's per-iteration claim, gaunt
 §17.2-§17.3 a).
 
   python experiments/convergence.py [--config configs/sim-small.yaml] [--rounds 40] [overrides]
+  python experiments/convergence.py --plot-only   # re-draw the PNG from the JSON
 
 The baseline is the centralised AdamW of `jaxnet train` with batch = (gather size x pages
 per window x page size) sequences per step: the tokens that enter one round's aggregate
@@ -15,16 +16,19 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-import jax
 import numpy as np
 
-from _common import ROOT, fresh_run_dir, out_paths, run_sim, write_json
-from jaxnet import train as jtrain
-from jaxnet import model as jmodel
-from jaxnet.config import load_config
+from _common import ROOT, fresh_run_dir, out_paths, plot_only, run_sim, save_figure, write_json
 
 
 def main(argv=None):
+  if plot_only(argv, "convergence", plot):
+    return
+  # JAX and the model only when something runs (--plot-only and the tests import this)
+  import jax
+  from jaxnet import model as jmodel
+  from jaxnet import train as jtrain
+  from jaxnet.config import load_config
   ap = argparse.ArgumentParser(description=__doc__)
   ap.add_argument("--config", default=str(ROOT / "configs" / "sim-small.yaml"))
   ap.add_argument("--rounds", type=int, default=None)
@@ -67,24 +71,31 @@ def main(argv=None):
          "network_val_loss": net_val, "adamw_val_loss": adamw_val, "gathered_per_round": gathered,
          "final": {"network": net_val[-1], "adamw": adamw_val[-1]},
          "rounds_network_below_adamw": int(sum(n <= a for n, a in zip(net_val, adamw_val))),
-         "adamw_lr": args.adamw_lr, "demo_lr": cfg.demo.lr}
+         "adamw_lr": args.adamw_lr, "demo_lr": cfg.demo.lr, "adamw_sequences_per_step": n_seqs}
   json_path, png_path = out_paths("convergence")
   write_json(json_path, out)
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  fig, ax = plt.subplots(figsize=(6, 4))
-  r = np.arange(1, rounds + 1)
-  ax.plot(r, net_val, label="Gauntlet network (DeMo, honest + adversaries)")
-  ax.plot(r, adamw_val, label=f"AdamW, {n_seqs} seqs/step (same tokens per round)")
-  ax.set_xlabel("round / step")
-  ax.set_ylabel("held-out loss")
-  ax.legend()
-  fig.tight_layout()
-  fig.savefig(png_path, dpi=110)
-  print(f"wrote {png_path}")
+  plot(out, png_path)
   print(f"final held-out loss: network {net_val[-1]:.4f}, AdamW {adamw_val[-1]:.4f}")
   return out
+
+
+def plot(out: dict, path):
+  """Both held-out loss curves, from the JSON."""
+  from jaxnet import plotstyle as ps
+  plt = ps.pyplot()
+  fig, ax = plt.subplots(figsize=(7.5, 4))
+  c = ps.palette(2)
+  r = np.arange(1, out["rounds"] + 1)
+  # older JSONs have tokens per round only
+  batch = (f"{out['adamw_sequences_per_step']} sequences" if "adamw_sequences_per_step" in out
+           else f"{out['tokens_per_round']} tokens")
+  ax.plot(r, out["network_val_loss"], color=c[0], label="Gauntlet network\n(DeMo, honest + adversaries)")
+  ax.plot(r, out["adamw_val_loss"], color=c[1],
+          label=f"AdamW, lr {out['adamw_lr']:g}\n({batch} per step,\nthe tokens of one round)")
+  ps.label(ax, "round (network) = optimizer step (AdamW)", "held-out " + ps.LOSS_LABEL, legend="")
+  ps.title(fig, f"Held-out loss: a Gauntlet network against AdamW on the same tokens per round "
+                f"({out['tokens_per_round']} tokens)")
+  return save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
   python experiments/coverage.py [--config configs/sim-small.yaml] [--rounds 40]
                                  [--seeds 0 1 2 3 4] [overrides]
+  python experiments/coverage.py --plot-only   # re-draw the PNG from the JSON
 
 Two runs of the same network (same peers, data and seeds): jaxnet's default
 (`gauntlet.uids_per_window = 0`: every candidate, every round) and templar's sampling
@@ -17,10 +18,9 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from scipy.stats import spearmanr
 
-from _common import ROOT, fresh_run_dir, first_round_all_zero, out_paths, run_sim, spread, write_json
-from jaxnet.config import load_config
+from _common import (ROOT, first_round_all_zero, fresh_run_dir, out_paths, plot_only, run_sim,
+                     save_figure, spread, write_json)
 
 PEERS = '["honest:6", "degraded:4", "noise:1", "copier:1", "desync:1", "wrong_data:1", ' \
         '"free_rider:1", "malformed:1", "zeros:1", "replay:1", "late:1"]'
@@ -33,6 +33,8 @@ def one(args, overrides, uids_per_window: int, tag: str, seed: int):
            "--sim.ledger_every", "0", "--sim.seed", s, "--train.seed", s, "--data.seed", s]
   if args.rounds:
     extra += ["--sim.rounds", str(args.rounds)]
+  from scipy.stats import spearmanr
+  from jaxnet.config import load_config
   cfg = load_config(args.config, extra + overrides)
   res = run_sim(cfg, f"uids_per_window={uids_per_window} seed {seed}")
   beh = np.array(res["network"].behaviours)
@@ -74,6 +76,8 @@ def summary(runs: list[dict]) -> dict:
 
 
 def main(argv=None):
+  if plot_only(argv, "coverage", plot):
+    return
   ap = argparse.ArgumentParser(description=__doc__)
   ap.add_argument("--config", default=str(ROOT / "configs" / "sim-small.yaml"))
   ap.add_argument("--rounds", type=int, default=40)
@@ -86,37 +90,47 @@ def main(argv=None):
          "runs": {"every_peer": every, "reference_4_per_round": sampled}}
   json_path, png_path = out_paths("coverage")
   write_json(json_path, out)
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-  for runs, style, colour in ((every, "-", "tab:blue"), (sampled, "--", "tab:orange")):
-    for i, res in enumerate(runs):
-      beh = np.array(res["behaviours"])
-      finals = np.array(res["finals_by_round"])
-      adv = ~np.isin(beh, ["honest", "degraded"])
-      label = f"uids_per_window={res['uids_per_window']}" if i == 0 else None
-      axes[0].plot(np.arange(1, len(finals) + 1), np.maximum(finals[:, adv], 0).sum(1), style,
-                   color=colour, alpha=0.7, label=label)
-      graded = np.isin(beh, ["honest", "degraded"])
-      axes[1].plot(np.arange(graded.sum()), np.array(res["ordinal_final"])[graded], style + "o",
-                   color=colour, alpha=0.5, label=label)
-  axes[0].set_xlabel("round")
-  axes[0].set_ylabel("sum of adversaries' positive F")
-  axes[0].set_title(f"seeds {args.seeds}", fontsize=9)
-  axes[0].legend()
-  axes[1].set_xlabel("honest ... increasingly degraded peers")
-  axes[1].set_ylabel("final ordinal")
-  axes[1].legend()
-  fig.tight_layout()
-  fig.savefig(png_path, dpi=110)
-  print(f"wrote {png_path}")
+  plot(out, png_path)
   for name in ("every_peer", "reference_4_per_round"):
     r = out[name]
     print(f"{name}: all adversaries at F<=0 from round {r['round_all_adversaries_zero']}, "
           f"Spearman(ordinal, truth) {r['spearman_ordinal_vs_truth']}, "
           f"per behaviour {({b: v['max'] for b, v in r['round_zero_per_behaviour'].items()})}")
   return out
+
+
+def plot(out: dict, path):
+  """Adversaries' positive F per round and the graded peers' final ordinals, every seed of
+  both settings, from the JSON."""
+  from jaxnet import plotstyle as ps
+  plt = ps.pyplot()
+  fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+  names = {"every_peer": "every peer every round\n(uids_per_window = 0)",
+           "reference_4_per_round": "4 peers per round, the reference\n(uids_per_window = 4)"}
+  colours = ps.colour_map(names)
+  for (key, name), style in zip(names.items(), ("-", "--")):
+    for i, res in enumerate(out["runs"][key]):
+      beh = np.array(res["behaviours"])
+      finals = np.array(res["finals_by_round"])
+      adv = ~np.isin(beh, ["honest", "degraded"])
+      label = name if i == 0 else None   # one legend entry per setting, not per seed
+      axes[0].plot(np.arange(1, len(finals) + 1), np.maximum(finals[:, adv], 0).sum(1), style,
+                   color=colours[key], alpha=0.7, label=label)
+      graded = np.isin(beh, ["honest", "degraded"])
+      axes[1].plot(np.arange(graded.sum()), np.array(res["ordinal_final"])[graded], style + "o",
+                   color=colours[key], alpha=0.5, label=label)
+  beh = np.array(out["runs"]["every_peer"][0]["behaviours"])
+  graded = beh[np.isin(beh, ["honest", "degraded"])]
+  n_honest = int((graded == "honest").sum())
+  ps.label(axes[0], "round", "sum over adversaries of max(F, 0)\n(final score F, unitless)",
+           title="adversaries' scores above zero, per round")
+  ps.label(axes[1], f"graded peer (0-{n_honest - 1} honest, {n_honest}-{len(graded) - 1} "
+           "degraded, more noise to the right)", "final ordinal rating (mu - 3 sigma)",
+           title="how the final rating ranks the peers' true contribution", legend="")
+  ps.title(fig, f"Coverage: evaluating every peer every round against the reference's 4 per "
+                f"round (every line one seed; seeds {out['seeds']})")
+  fig.tight_layout()
+  return save_figure(fig, path)
 
 
 if __name__ == "__main__":

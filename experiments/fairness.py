@@ -3,6 +3,7 @@
   python experiments/fairness.py [--config configs/sim-small.yaml] [--rounds 40]
                                  [--seeds 0 1 2 3 4] [--variants NAME ...] [--name fairness]
                                  [overrides]
+  python experiments/fairness.py --plot-only [fairness-config]   # re-draw a PNG from its JSON
 
 An all-honest network (`--peers`, default 10 identical honest peers) runs under each
 variant of the validator; the measure is the coefficient of variation (std / mean) of the
@@ -23,11 +24,11 @@ Writes results/fairness.{json,png}; the README quotes the mean and spread over s
 from __future__ import annotations
 
 import argparse
+import json
 
 import numpy as np
 
-from _common import ROOT, fresh_run_dir, out_paths, run_sim, spread, write_json
-from jaxnet.config import load_config
+from _common import ROOT, fresh_run_dir, out_paths, plot_only, run_sim, save_figure, spread, write_json
 
 VARIANTS = {
   "config": [],
@@ -56,6 +57,9 @@ def dispersion(hist: list[dict], beh: list[str]) -> dict:
 
 
 def main(argv=None):
+  if plot_only(argv, "fairness", plot):
+    return
+  from jaxnet.config import load_config
   ap = argparse.ArgumentParser(description=__doc__)
   ap.add_argument("--config", default=str(ROOT / "configs" / "sim-small.yaml"))
   ap.add_argument("--rounds", type=int, default=40)
@@ -92,26 +96,30 @@ def main(argv=None):
   return out
 
 
-def plot(out: dict, png_path) -> None:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+def plot(out: dict, png_path):
+  """Every seed's CV per validator variant and their mean, from the JSON."""
+  from jaxnet import plotstyle as ps
+  plt = ps.pyplot()
   names = list(out["variants"])
-  fig, ax = plt.subplots(figsize=(7, 3.6))
+  fig, ax = plt.subplots(figsize=(max(4.5, 1.2 * len(names) + 2.5), 3.8))
+  c = ps.palette(3)
   for i, name in enumerate(names):
     cvs = [r["cv"] for r in out["variants"][name]["runs"] if r["cv"] is not None]
-    ax.scatter([i] * len(cvs), cvs, color="tab:blue", alpha=0.6, s=18)
-    ax.plot([i - 0.25, i + 0.25], [np.mean(cvs)] * 2, color="k", lw=2)
-  ax.axhline(0.3, color="tab:red", ls="--", lw=1, label="target 0.3")
+    first = i == 0   # one legend entry for the dots and one for the bars
+    ax.scatter([i] * len(cvs), cvs, color=c[0], alpha=0.7, s=22,
+               label="one seed" if first else None)
+    ax.plot([i - 0.25, i + 0.25], [np.mean(cvs)] * 2, color="k", lw=2,
+            label="mean over seeds" if first else None)
+  ax.axhline(0.3, color=c[1], ls="--", lw=1, label="target 0.3")
   ax.set_xticks(range(len(names)), names)
-  ax.set_ylabel("CV of cumulative weight\namong identical honest peers")
-  ax.set_title(f"{out['peers']}, {out['rounds']} rounds, seeds {out['seeds']} (dots: seeds, "
-               "bar: mean)", fontsize=8)
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(png_path, dpi=110)
-  plt.close(fig)
-  print(f"wrote {png_path}")
+  ax.set_xlim(-0.6, len(names) - 0.4)
+  ps.label(ax, "validator variant", "CV of cumulative weight\n(std / mean, identical honest peers)",
+           legend="")
+  peers = ", ".join(f"{x.partition(':')[2] or 1} {x.partition(':')[0]}"
+                    for x in json.loads(out["peers"]))
+  ps.title(fig, f"Fair shares among equals: spread of pay among {peers} peers\n"
+                f"({out['rounds']} rounds, seeds {out['seeds']})")
+  return save_figure(fig, png_path)
 
 
 if __name__ == "__main__":

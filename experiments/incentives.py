@@ -3,6 +3,7 @@ its compute against an honest peer's (gauntlet.md §16, §17.3 b-c), under any s
 
   python experiments/incentives.py [--config configs/sim-small.yaml] [--rounds 40]
                                    [--seeds 0] [overrides, e.g. --scheme sparseloco]
+  python experiments/incentives.py --plot-only [incentives-sparseloco]   # PNG from its JSON
 
 With several `--seeds` (sim, init and page seeds together) the JSON holds every seed's
 figures and their mean and spread; the figure shows the first seed's shares and the mean
@@ -18,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import ROOT, fresh_run_dir, compute_units, out_paths, run_sim, spread, write_json
-from jaxnet.config import load_config
+from _common import (ROOT, class_colours, compute_units, fresh_run_dir, out_paths, plot_only, run_sim,
+                     save_figure, spread, write_json)
 
 
 def analyse(hist: list[dict], beh: list[str], cfg) -> dict:
@@ -62,6 +63,9 @@ def analyse(hist: list[dict], beh: list[str], cfg) -> dict:
 
 
 def main(argv=None):
+  if plot_only(argv, "incentives", plot):
+    return
+  from jaxnet.config import load_config
   ap = argparse.ArgumentParser(description=__doc__)
   ap.add_argument("--config", default=str(ROOT / "configs" / "sim-small.yaml"))
   ap.add_argument("--rounds", type=int, default=None)
@@ -108,7 +112,7 @@ def main(argv=None):
   out.update(scheme=cfg.scheme, overrides=overrides)
   json_path, png_path = out_paths(name)
   write_json(json_path, out)
-  plot(runs, classes, png_path, cfg.scheme)
+  plot(out, png_path)
   for r in runs:
     print(f"seed {r['seed']}: final weight share", {c: round(v, 4) for c, v in r["final_share"].items()})
     print("  return on compute vs honest:",
@@ -116,35 +120,40 @@ def main(argv=None):
   return out
 
 
-def plot(runs: list[dict], classes: list[str], png_path, scheme: str) -> None:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  colours = plt.get_cmap("tab20").colors
-  fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+def plot(out: dict, png_path):
+  """The first seed's weight share per class over rounds and every class's return on
+  compute (mean, min-max over seeds), from the JSON."""
+  from jaxnet import plotstyle as ps
+  plt = ps.pyplot()
+  runs = out.get("runs", [out])   # a one-seed JSON is that run's analysis itself
+  # honest at the bottom of the stack, the adversaries above it in alphabetical order
+  classes = sorted(runs[0]["final_share"], key=lambda c: (c != "honest", c))
+  colours = class_colours(classes)
+  fig, axes = plt.subplots(1, 2, figsize=(13, 4.6), gridspec_kw={"width_ratios": [1.25, 1]})
   first = runs[0]
   rounds = np.arange(1, first["rounds"] + 1)
   axes[0].stackplot(rounds, *[first["share_by_round"][c] for c in classes], labels=classes,
-                    colors=[colours[i % 20] for i in range(len(classes))])
-  axes[0].set_xlabel("round")
-  axes[0].set_ylabel("weight share (sums to 1)")
-  axes[0].set_title(f"{scheme}: weight by behaviour class (seed {first['seed']})", fontsize=9)
-  axes[0].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-  names = [c for c in classes if c != "honest"]
+                    colors=[colours[c] for c in classes])
+  ps.label(axes[0], "round", "weight share (fraction; classes sum to 1)",
+           title=f"weight by behaviour class, seed {first['seed']}")
+  handles, labels = axes[0].get_legend_handles_labels()   # top to bottom, as stacked
+  axes[0].legend(handles[::-1], labels[::-1], loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                 borderaxespad=0.0, fontsize=7, title="class", title_fontsize=7, frameon=False)
+  names = [c for c in classes if c != "honest"][::-1]   # alphabetical from the top
   cap = lambda v: min(v, 2.0) if np.isfinite(v) else 2.0
   vals = np.array([[cap(r["roi_vs_honest"][c]) for r in runs] for c in names])   # [C, S]
   mean = vals.mean(1)
   err = np.stack([mean - vals.min(1), vals.max(1) - mean])
   axes[1].barh(names, mean, xerr=err if len(runs) > 1 else None,
-               color=[colours[classes.index(c) % 20] for c in names])
-  axes[1].axvline(1.0, color="k", ls="--", lw=1, label="honest peer")
-  axes[1].set_xlabel("return on compute vs an honest peer (capped at 2)")
-  axes[1].set_title(f"mean over {len(runs)} seed(s), bars: min-max", fontsize=9)
-  axes[1].legend(fontsize=8)
+               color=[colours[c] for c in names])
+  axes[1].axvline(1.0, color="k", ls="--", lw=1, label="an honest peer")
+  axes[1].set_xlim(0, max(1.3, float(np.max(mean + err[1])) * 1.05))
+  ps.label(axes[1], "return on compute / an honest peer's (ratio, capped at 2)", "behaviour class",
+           title=f"mean over {len(runs)} seed(s); bars: min-max", legend="")
+  ps.title(fig, f"Incentives under {out['scheme']}: who earns the weight, and what an attack "
+                "returns per unit of compute")
   fig.tight_layout()
-  fig.savefig(png_path, dpi=110)
-  plt.close(fig)
-  print(f"wrote {png_path}")
+  return save_figure(fig, png_path)
 
 
 if __name__ == "__main__":

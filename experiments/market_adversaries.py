@@ -3,6 +3,7 @@ their earnings per peer against an honest peer's; and every peer's loss with nei
 against alone.
 
   python experiments/market_adversaries.py [--seeds 0 1 2] [--blocks 300]
+  python experiments/market_adversaries.py --plot-only   # re-draw the PNG from the JSON
 
 market-small as shipped (16 honest peers of graded data quality, 2 of each adversary, 6
 random neighbours, fisher2020 valuation, the 2020 ledger). None of the adversaries runs an
@@ -16,11 +17,13 @@ import argparse
 
 import numpy as np
 
-from _common import out_paths, save_figure, spread, write_json
-from _market import run_market
+from _common import market_colours, out_paths, plot_only, save_figure, spread, write_json
 
 
 def main(argv=None):
+  if plot_only(argv, "market_adversaries", plot):
+    return
+  from _market import run_market   # JAX and the market only when something runs
   ap = argparse.ArgumentParser(description=__doc__)
   ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
   ap.add_argument("--blocks", type=int, default=300)
@@ -63,20 +66,24 @@ def main(argv=None):
   plot(out, png_path)
 
 
-def plot(out: dict, path) -> None:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+def plot(out: dict, path):
+  """Each class's emission per peer against an honest peer's, from the JSON."""
+  from jaxnet import plotstyle as ps
+  plt = ps.pyplot()
   classes = list(out["earnings_vs_honest"])
-  m = [out["earnings_vs_honest"][c]["mean"] for c in classes]
-  lo = [out["earnings_vs_honest"][c]["min"] for c in classes]
-  hi = [out["earnings_vs_honest"][c]["max"] for c in classes]
-  fig, ax = plt.subplots(figsize=(6, 4))
-  ax.bar(classes, m, yerr=[np.subtract(m, lo), np.subtract(hi, m)], capsize=3)
-  ax.axhline(1.0, color="k", lw=0.5)
-  ax.set_ylabel("emission per peer / an honest peer's (mean, min-max)")
-  ax.set_title(f"market-small, {len(out['seeds'])} seeds, {out['blocks']} blocks", fontsize=9)
-  save_figure(fig, path)
+  colours = market_colours(classes)
+  fig, ax = plt.subplots(figsize=(7, 4))
+  for i, c in enumerate(classes):
+    e = out["earnings_vs_honest"][c]
+    ax.bar(i, e["mean"], yerr=[[e["mean"] - e["min"]], [e["max"] - e["mean"]]], capsize=3,
+           color=colours[c], label=c)
+  ax.axhline(1.0, color="k", lw=0.8, ls="--", label="an honest peer's pay")
+  ax.set_xticks(range(len(classes)), classes)
+  ps.label(ax, "peer class", "emission per peer / an honest peer's\n(ratio; mean, min-max over seeds)",
+           legend="")
+  ps.title(fig, f"Market adversaries: what each class earns per peer against an honest peer\n"
+                f"(market-small, {len(out['seeds'])} seeds, {out['blocks']} blocks)")
+  return save_figure(fig, path)
 
 
 if __name__ == "__main__":

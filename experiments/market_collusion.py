@@ -2,6 +2,7 @@
 with the 2020 regulariser (rho, kappa sweep) and without it (plain ranks, rho = 0).
 
   python experiments/market_collusion.py [--seeds 0 1 2] [--blocks 300]
+  python experiments/market_collusion.py --plot-only   # re-draw the PNG from the JSON
 
 Claim (market.md §6, bittensor.md §1.3): a cabal under 50 % of the stake loses stake share
 over blocks, above 50 % it wins. The cabal (4 of 24 peers) serves noise and weights only
@@ -20,16 +21,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from _common import out_paths, save_figure, spread, write_json
-from _market import CONFIG, run_market
-from jaxnet.config import load_config
-from jaxnet.ledger import BitTensorConfig, init_ledger
-from jaxnet.ledger.state import ledger_step_core
+from _common import out_paths, plot_only, save_figure, spread, write_json
 
 PEERS = '["honest:16", "noise:2", "lazy:2", "cabal:4"]'
 SHARES = (0.1, 0.2, 0.3, 0.4, 0.45, 0.55, 0.6)
@@ -42,6 +38,9 @@ UNITS = 10_000   # per peer, as jaxnet.market.run
 def replay(W_TxNxN, stake_DxN, ledger_cfg):
   """The integer 2020 ledger over the recorded W from each of D initial stakes ->
   (units paid [D, T, N], minted [D, T])."""
+  import jax
+  from jaxnet.ledger.state import ledger_step_core
+
   def one(stake):
     st = init_ledger_traced(stake, ledger_cfg)
     _, recs = jax.lax.scan(lambda s, w: ledger_step_core(s, w, ledger_cfg), st, W_TxNxN)
@@ -52,11 +51,14 @@ def replay(W_TxNxN, stake_DxN, ledger_cfg):
 
 def init_ledger_traced(stake, cfg):
   """`init_ledger` for a traced stake vector (the 2020 mode uses no bonds or permits)."""
+  from jaxnet.ledger import init_ledger
   template = init_ledger(np.ones(stake.shape[0]), None, cfg)
   return template._replace(stake=stake.astype(template.stake.dtype))
 
 
 def main(argv=None):
+  if plot_only(argv, "market_collusion", plot):
+    return
   ap = argparse.ArgumentParser(description=__doc__)
   ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
   ap.add_argument("--blocks", type=int, default=300)
@@ -70,13 +72,19 @@ def main(argv=None):
     for topo in args.topologies:
       key = f"{topo}/{rule}"
       out["markets"][key], curves[key] = sweep(args, topo, rule)
+  # the figure's curves (mean over seeds, per block), so that --plot-only can re-draw it
+  out["curves"] = {k: {name: np.round(c, 4) for name, c in v.items()} for k, v in curves.items()}
   json_path, png_path = out_paths("market_collusion")
   write_json(json_path, out)
-  plot(curves, png_path)
+  plot(json.loads(json_path.read_text()), png_path)
 
 
 def sweep(args, topo: str, rule: str):
   """Every (rho, kappa) setting and initial cabal share over the runs of one market."""
+  import jax.numpy as jnp
+  from _market import CONFIG, run_market
+  from jaxnet.config import load_config
+  from jaxnet.ledger import BitTensorConfig
   over = ["--market.peers", PEERS, "--market.topology", topo, "--market.row_rule", rule]
   base = load_config(CONFIG, over)
   out = {"settings": {}}
@@ -126,24 +134,42 @@ def sweep(args, topo: str, rule: str):
   return out, curves
 
 
-def plot(curves: dict, path) -> None:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  topos = list(curves)
-  names = list(curves[topos[0]])
-  fig, axes = plt.subplots(len(topos), len(names), figsize=(3.4 * len(names), 3 * len(topos)),
+MARKETS = {"k_random": "6 random neighbours", "all": "all-to-all queries"}
+
+
+def plot(out: dict, path):
+  """The cabal's stake share over blocks (mean over seeds) from every initial share, per
+  market and (rho, kappa) setting, from the JSON's `curves`."""
+  if "curves" not in out:
+    raise ValueError("this market_collusion JSON predates the saved curves (`curves`): re-run "
+                     "experiments/market_collusion.py to draw its figure")
+  from jaxnet import plotstyle as ps
+  plt = ps.pyplot()
+  curves, shares = out["curves"], out["shares"]
+  markets = list(curves)
+  names = list(curves[markets[0]])
+  fig, axes = plt.subplots(len(markets), len(names), figsize=(3.3 * len(names), 3.1 * len(markets)),
                            sharey=True, squeeze=False)
-  for r, topo in enumerate(topos):
+  colours = ps.palette(len(shares))   # dashed from a majority on, where the cabal should win
+  for r, market in enumerate(markets):
+    topo, _, rule = market.partition("/")
     for ax, name in zip(axes[r], names):
-      for i, x in enumerate(SHARES):
-        ax.plot(curves[topo][name][i], color=plt.cm.coolwarm(i / (len(SHARES) - 1)),
+      for i, x in enumerate(shares):
+        ax.plot(curves[market][name][i], color=colours[i], ls="--" if x > 0.5 else "-",
                 label=f"{x:.2f}")
-      ax.set_title(f"{topo}: {name}", fontsize=8)
-      ax.set_xlabel("block")
-    axes[r][0].set_ylabel("cabal stake share")
-  axes[0][-1].legend(fontsize=6, title="start", title_fontsize=6)
-  save_figure(fig, path)
+      ps.label(ax, "block", "cabal stake share (fraction)",
+               title=f"{MARKETS.get(topo, topo)}, {rule}\n{name}")
+      ax.title.set_fontsize(8)
+  handles, labels = axes[0][-1].get_legend_handles_labels()   # top to bottom, as drawn
+  axes[0][-1].legend(handles[::-1], labels[::-1], loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                     borderaxespad=0.0, fontsize=7, title="cabal's initial\nstake share",
+                     title_fontsize=7, frameon=False)
+  ps.title(fig, f"A cabal of 4 peers serving noise in the market: its stake share over "
+                f"{out['blocks']} blocks (mean over seeds {out['seeds']})\nshift: every score "
+                "shifted by 2|min| as the 2020 code wrote its rows; clip: negative scores clipped "
+                "to 0")
+  fig.tight_layout()
+  return save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ emission and its true marginal value, for each valuation method, and the loss wi
 neighbours against alone.
 
   python experiments/market_value.py [--seeds 0 1 2] [--blocks 300]
+  python experiments/market_value.py --plot-only   # re-draw the PNG from the JSON
 
 market.md §6: "the market pays contributors who create information-theoretic value". A
 peer's true marginal value is the exact leave-one-out loss increase its embeddings spare
@@ -19,14 +20,19 @@ import argparse
 
 import numpy as np
 
-from _common import out_paths, save_figure, spread, write_json
-from _market import run_market, spearman
+import json
+
+from _common import market_colours, out_paths, plot_only, save_figure, spread, write_json
+from _market import spearman
 
 PEERS = '["honest:16", "noise:2", "lazy:2", "copier:2"]'
 VALUATIONS = ("fisher2020", "obd", "loo", "shapley2022")
 
 
 def main(argv=None):
+  if plot_only(argv, "market_value", plot):
+    return
+  from _market import run_market   # JAX and the market only when something runs
   ap = argparse.ArgumentParser(description=__doc__)
   ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
   ap.add_argument("--blocks", type=int, default=300)
@@ -48,8 +54,8 @@ def main(argv=None):
                   "loss": float(r["loss"][honest].mean()),
                   "loss_alone": float(r["loss_alone"][honest].mean()),
                   "seconds": r["seconds"]})
-      if s == args.seeds[0]:
-        examples[v] = (r["value"], share, beh)
+      if s == args.seeds[0]:   # the figure's scatter: every peer of the first seed
+        examples[v] = {"value": r["value"], "share": share, "behaviours": beh.tolist()}
       print(f"{v} seed {s}: Spearman(emission, value) all {per[-1]['spearman_all']:.3f}, honest "
             f"{per[-1]['spearman_honest']:.3f}; loss {per[-1]['loss']:.3f} vs alone "
             f"{per[-1]['loss_alone']:.3f}")
@@ -62,25 +68,40 @@ def main(argv=None):
         "share_by_class": {c: spread(p["share_by_class"][c] for p in per)
                            for c in per[0]["share_by_class"]},
         "per_seed": per}
+  out["examples"] = examples
   json_path, png_path = out_paths("market_value")
   write_json(json_path, out)
-  plot(examples, png_path, args.seeds[0])
+  plot(json.loads(json_path.read_text()), png_path)
 
 
-def plot(examples: dict, path, seed: int) -> None:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  fig, axes = plt.subplots(1, len(examples), figsize=(5 * len(examples), 4), sharey=True)
-  for ax, (v, (value, share, beh)) in zip(np.atleast_1d(axes), examples.items()):
-    for c in sorted(set(beh)):
+def plot(out: dict, path):
+  """Emission share against true marginal value, every peer of the first seed, one panel per
+  valuation, from the JSON's `examples`."""
+  if "examples" not in out:
+    raise ValueError("this market_value JSON predates the saved per-peer values (`examples`): "
+                     "re-run experiments/market_value.py to draw its figure")
+  from jaxnet import plotstyle as ps
+  plt = ps.pyplot()
+  examples, seed = out["examples"], out["seeds"][0]
+  classes = sorted({b for e in examples.values() for b in e["behaviours"]},
+                   key=lambda c: (c != "honest", c))
+  colours = market_colours(classes)
+  fig, axes = plt.subplots(1, len(examples), figsize=(4.2 * len(examples), 4), sharey=True,
+                           squeeze=False)
+  for ax, (v, e) in zip(axes[0], examples.items()):
+    value, share, beh = np.asarray(e["value"]), np.asarray(e["share"]), np.asarray(e["behaviours"])
+    for c in classes:
       sel = beh == c
-      ax.scatter(value[sel], share[sel], label=c, s=18)
-    ax.set_title(f"{v} (seed {seed}): Spearman {spearman(share, value):.2f}", fontsize=9)
-    ax.set_xlabel("true marginal value (leave-one-out, summed)")
-  np.atleast_1d(axes)[0].set_ylabel("share of emission")
-  np.atleast_1d(axes)[0].legend(fontsize=7)
-  save_figure(fig, path)
+      ax.scatter(value[sel], share[sel], label=c, s=18, color=colours[c])
+    ps.label(ax, "true marginal value (nats: leave-one-out loss\nincrease it spares its queriers, summed)",
+             "share of emission (fraction)",
+             title=f"{v}: Spearman {spearman(share, value):.2f}")
+    ax.tick_params(labelleft=True)
+  ps.legend_outside(axes[0][-1], title="peer class")
+  ps.title(fig, f"Does the market pay for value? Each peer's emission share against its true "
+                f"marginal value, per valuation (seed {seed}, {out['blocks']} blocks)")
+  fig.tight_layout()
+  return save_figure(fig, path)
 
 
 if __name__ == "__main__":

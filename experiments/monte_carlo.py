@@ -1,6 +1,7 @@
 """Monte Carlo: one validator round vmapped over hundreds of seeds.
 
   python experiments/monte_carlo.py [--config configs/sim-tiny.yaml] [--seeds 256] [--warmup-rounds 12]
+  python experiments/monte_carlo.py --plot-only   # re-draw the PNG from the JSON
 
 A network runs `--warmup-rounds` rounds; then the next round's uploads are scored by S
 validators that differ only in their randomness: their own random pages (salt) and their
@@ -15,18 +16,17 @@ from __future__ import annotations
 import argparse
 import time
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from _common import ROOT, fresh_run_dir, out_paths, run_sim, write_json
-from jaxnet.schemes import demo
-from jaxnet.config import load_config
-from jaxnet.gauntlet import collect
-from jaxnet.gauntlet.validator import score_round
+from _common import ROOT, class_colours, fresh_run_dir, out_paths, plot_only, run_sim, save_figure, write_json
 
 
 def spread(cfg, net, st, w, seeds: int) -> dict:
+  import jax
+  import jax.numpy as jnp
+  from jaxnet.gauntlet import collect
+  from jaxnet.gauntlet.validator import score_round
+  from jaxnet.schemes import demo
   lr_t = demo.demo_lr(w, cfg.demo)
   inputs, _ = net.validator_inputs(w, salt=0)
   rands = [collect.round_batches(net.corpus, net.n, w, cfg.gauntlet.sample_rate, cfg.sim.seed, s)[1]
@@ -63,6 +63,11 @@ def spread(cfg, net, st, w, seeds: int) -> dict:
 
 
 def main(argv=None):
+  if plot_only(argv, "monte_carlo", plot):
+    return
+  # JAX and the network only when something runs (--plot-only and the tests import this)
+  from jaxnet.config import load_config
+  from jaxnet.schemes import demo
   ap = argparse.ArgumentParser(description=__doc__)
   ap.add_argument("--config", default=str(ROOT / "configs" / "sim-tiny.yaml"))
   ap.add_argument("--seeds", type=int, default=256)
@@ -85,21 +90,44 @@ def main(argv=None):
           f"top-G Jaccard {out[tag]['top_G_jaccard_vs_seed0_mean']:.3f}")
   json_path, png_path = out_paths("monte_carlo")
   write_json(json_path, out)
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+  plot(out, png_path)
+  return out
+
+
+SETTINGS = {"every_peer": "every peer evaluated (jaxnet)",
+            "reference_4_per_round": "4 peers sampled per round (the reference)"}
+
+
+def plot(out: dict, path):
+  """Each uid's weight across the validator seeds, both settings, from the JSON."""
+  from jaxnet import plotstyle as ps
+  plt = ps.pyplot()
+  fig, axes = plt.subplots(1, 2, figsize=(13, 4.6), sharey=True)
+  classes = sorted({b for r in out.values() for b in r["behaviours"]},
+                   key=lambda c: (c != "honest", c))
+  colours = class_colours(classes)
   for ax, (tag, r) in zip(axes, out.items()):
     W = np.array(r["weights"])
-    ax.boxplot([W[:, u] for u in range(W.shape[1])], showfliers=False)
-    ax.set_xticks(range(1, W.shape[1] + 1), [f"{u}\n{b[:6]}" for u, b in enumerate(r["behaviours"])],
-                  fontsize=6)
-    ax.set_title(f"{tag}: weight across {r['seeds']} seeds", fontsize=9)
-  axes[0].set_ylabel("weight after the round")
+    beh = r["behaviours"]
+    box = ax.boxplot([W[:, u] for u in range(W.shape[1])], showfliers=False, patch_artist=True,
+                     medianprops={"color": "k"})
+    for patch, b in zip(box["boxes"], beh):   # each box in its behaviour's colour
+      patch.set_facecolor(colours[b])
+      patch.set_alpha(0.8)
+    ax.set_xticks(range(1, W.shape[1] + 1), [f"{u} {b}" for u, b in enumerate(beh)],
+                  rotation=60, ha="right", rotation_mode="anchor", fontsize=7)
+    ps.label(ax, "uid and behaviour", "weight after the round (fraction)",
+             title=f"{SETTINGS.get(tag, tag)}: {r['seeds']} seeds")
+    ax.tick_params(labelleft=True)
+  from matplotlib.patches import Patch   # legend entries for the boxes' colours
+  axes[-1].legend(handles=[Patch(color=colours[c], alpha=0.8, label=c) for c in classes],
+                  loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, fontsize=7,
+                  title="behaviour", title_fontsize=7, frameon=False)
+  ps.title(fig, "One validator round scored by validators that differ only in their "
+                "randomness: each uid's weight across seeds\n(box: quartiles, whiskers: 1.5 IQR, "
+                "line: median)")
   fig.tight_layout()
-  fig.savefig(png_path, dpi=110)
-  print(f"wrote {png_path}")
-  return out
+  return save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ headline claim; issue 11).
 
   python experiments/schemes.py [--config configs/small.yaml] [--rounds 20] [--peers 4]
                                 [--seeds 0 1 2] [--inner-steps 15] [overrides]
+  python experiments/schemes.py --plot-only   # re-draw the PNG from the JSON
 
 Every mode sees the same tokens per round: P peers x (pages_per_window x page_size)
 sequences (page_size is set so that H inner steps divide a peer's pages: 2 x 15 = 30
@@ -26,14 +27,9 @@ import dataclasses
 import math
 import time
 
-import jax
 import numpy as np
 
-from _common import ROOT, fresh_run_dir, out_paths, write_json
-from jaxnet import decentral, schemes
-from jaxnet import model as jmodel
-from jaxnet import train as jtrain
-from jaxnet.config import load_config
+from _common import ROOT, fresh_run_dir, out_paths, plot_only, save_figure, write_json
 
 # mode -> (scheme, overrides); AdamW is the centralised baseline
 MODES = {
@@ -46,6 +42,7 @@ MODES = {
 
 
 def mode_config(base_args: list[str], mode: str, seed: int, args):
+  from jaxnet.config import load_config
   scheme, extra = MODES[mode]
   common = ["--train.seed", str(seed), "--data.seed", str(seed), "--train.steps", str(args.rounds),
             "--train.eval_every", "1", "--train.compare_baseline", "false",
@@ -63,6 +60,9 @@ def mode_config(base_args: list[str], mode: str, seed: int, args):
 
 
 def upload_bytes(cfg, mode: str) -> int:
+  import jax
+  from jaxnet import model as jmodel
+  from jaxnet import schemes
   abstract = jmodel.abstract_params(cfg.model)
   if MODES[mode][0] is None:
     return sum(4 * math.prod(p.shape) for p in jax.tree.leaves(abstract))
@@ -71,6 +71,9 @@ def upload_bytes(cfg, mode: str) -> int:
 
 
 def run_mode(cfg, mode: str) -> list[float]:
+  import jax
+  from jaxnet import decentral
+  from jaxnet import train as jtrain
   if MODES[mode][0] is None:
     out = jtrain.train(cfg, progress=False, devices=jax.devices()[:1])
   else:
@@ -79,6 +82,8 @@ def run_mode(cfg, mode: str) -> list[float]:
 
 
 def main(argv=None):
+  if plot_only(argv, "schemes", plot):
+    return
   ap = argparse.ArgumentParser(description=__doc__)
   ap.add_argument("--config", default=str(ROOT / "configs" / "small.yaml"))
   ap.add_argument("--rounds", type=int, default=20)
@@ -124,7 +129,7 @@ def main(argv=None):
           "claim_sparseloco_matches_diloco": claim}
   js, png = out_paths("schemes")
   write_json(js, data)
-  plot(curves, byte_rows, png, args, tokens)
+  plot(data, png)
   for m, row in summary.items():
     print(f"{m:>18}: final held-out loss {row['final_mean']:.3f} ± {row['final_std']:.3f}, "
           f"{row['bytes_per_round'] / 1e6:.3f} MB uploaded per peer-round")
@@ -134,32 +139,29 @@ def main(argv=None):
           f"{'holds' if claim['holds'] else 'does not hold'} here")
 
 
-def plot(curves, byte_rows, png, args, tokens):
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
-  colours = plt.get_cmap("tab10").colors
-  for i, (m, c) in enumerate(curves.items()):
+def plot(out: dict, png):
+  """Held-out loss per round and per uploaded byte, every mode, from the JSON."""
+  from jaxnet import plotstyle as ps
+  plt = ps.pyplot()
+  fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.4))
+  curves = {m: np.asarray(c) for m, c in out["val_loss"].items()}   # [seeds, rounds]
+  colours = ps.colour_map(curves)
+  for m, c in curves.items():
     r = np.arange(1, c.shape[1] + 1)
     mean, lo, hi = c.mean(0), c.min(0), c.max(0)
-    a.plot(r, mean, color=colours[i], label=m)
-    a.fill_between(r, lo, hi, color=colours[i], alpha=0.15)
-    b.plot(r * byte_rows[m], mean, color=colours[i], label=m)
-  a.set_xlabel("round (outer step)")
-  a.set_ylabel("held-out loss (nats per token)")
-  a.set_title(f"{args.peers} peers, {tokens} tokens per round; band: min-max over "
-              f"{len(args.seeds)} seeds", fontsize=9)
+    a.plot(r, mean, color=colours[m], label=m)
+    a.fill_between(r, lo, hi, color=colours[m], alpha=0.15)
+    b.plot(r * out["summary"][m]["bytes_per_round"], mean, color=colours[m], label=m)
+  ps.label(a, "round (outer step)", "held-out " + ps.LOSS_LABEL,
+           title=f"per round; band: min-max over {len(out['seeds'])} seeds")
   b.set_xscale("log")
-  b.set_xlabel("bytes uploaded per peer (cumulative)")
-  b.set_ylabel("held-out loss (nats per token)")
-  b.set_title("loss per uploaded byte (AdamW: a dense fp32 gradient)", fontsize=9)
-  b.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
-  fig.suptitle(f"Schemes at H = {args.inner_steps} on the same tokens per round")
+  ps.label(b, "bytes uploaded per peer, cumulative (log scale)", "held-out " + ps.LOSS_LABEL,
+           title="per uploaded byte (AdamW: a dense fp32 gradient)", legend="mode")
+  ps.title(fig, f"Schemes at H = {out['inner_steps']} inner steps on the same tokens per round "
+                f"({out['peers']} peers, {out['tokens_per_round']} tokens per round; mean over "
+                f"seeds {out['seeds']})")
   fig.tight_layout()
-  fig.savefig(png, dpi=120)
-  plt.close(fig)
-  print(f"wrote {png}")
+  return save_figure(fig, png)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 live Gauntlet network: the coalition miners' emission share against its stake share.
 
   python experiments/validator_collusion.py [--seeds 0 1 2] [--draws 16]
+  python experiments/validator_collusion.py --plot-only   # re-draw the PNG from the JSON
 
 Claim (bittensor.md §3 items 1 and 3): below kappa (about 0.5) of the stake a coalition's
 weight on its own miners is clipped to the honest median, so they earn next to nothing;
@@ -20,7 +21,7 @@ import time
 
 import numpy as np
 
-from _common import out_paths, save_figure, spread, write_json
+from _common import out_paths, plot_only, save_figure, spread, write_json
 from _validators import (FULL, SAMPLED, args_and_recordings, first_paid_epoch, replay,
                          stake_draws)
 from jaxnet.ledger import LedgerConfig, YumaConfig
@@ -32,6 +33,8 @@ REVEAL = 1   # reveal period (chain default)
 
 
 def main(argv=None):
+  if plot_only(argv, "validator_collusion", plot):
+    return
   args, rows, present, beh = args_and_recordings(__doc__, argv, rounds=40)
   miners = tuple(u for u, b in enumerate(beh) if b in COALITION_MINERS)
   V = FULL + SAMPLED
@@ -74,26 +77,38 @@ def main(argv=None):
   plot(out, png_path)
 
 
-def plot(out: dict, path) -> None:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  fig, ax = plt.subplots(figsize=(6, 4))
-  for i, (yname, res) in enumerate(out["yuma"].items()):
-    x = [r["stake_share"] for r in res]
-    for key, ls in (("miner_share", "-"), ("coalition_total_share", "--")):
+def plot(out: dict, path):
+  """The coalition's share of emission against its stake share, both Yuma versions, from
+  the JSON."""
+  from jaxnet import plotstyle as ps
+  plt = ps.pyplot()
+  fig, axes = plt.subplots(1, 2, figsize=(12, 4.4), sharey=True)
+  names = {"yuma2": "Yuma 2", "yuma3+liquid": "Yuma 3 + liquid alpha"}
+  metrics = {"miner_share": "its miners' share of miner emission",
+             "coalition_total_share": "the coalition's share of all emission\n(its miners and "
+                                      "its validators' dividends)"}
+  colours = ps.colour_map(out["yuma"])
+  for ax, (key, what) in zip(axes, metrics.items()):
+    for yi, (yname, res) in enumerate(out["yuma"].items()):
+      x = [r["stake_share"] for r in res]
       m = [r[key]["mean"] for r in res]
       lo = [r[key]["min"] for r in res]
       hi = [r[key]["max"] for r in res]
-      ax.errorbar(x, m, yerr=[np.subtract(m, lo), np.subtract(hi, m)], ls=ls, marker=".",
-                  color=f"C{i}", capsize=2,
-                  label=f"{yname}: {'its miners / miner emission' if key == 'miner_share' else 'coalition / all emission'}")
-  ax.plot([0, 0.65], [0, 0.65], color="k", lw=0.5, label="= stake share")
-  ax.axvline(0.5, color="grey", lw=0.5)
-  ax.set_xlabel("coalition stake share")
-  ax.set_ylabel("emission share (mean, min-max over seeds)")
-  ax.legend(fontsize=6)
-  save_figure(fig, path)
+      # the Yuma versions agree: the first is drawn wide and pale under the second
+      style = {"lw": 4, "alpha": 0.45, "ms": 10} if yi == 0 else {"lw": 1.3, "ms": 5}
+      ax.errorbar(x, m, yerr=[np.subtract(m, lo), np.subtract(hi, m)], marker=".",
+                  color=colours[yname], capsize=2, label=names.get(yname, yname), **style)
+    ax.plot([0, 0.65], [0, 0.65], color="k", lw=0.6, label="share = stake share")
+    ax.axvline(0.5, color="grey", lw=0.6, ls=":", label="half the stake")
+    ps.label(ax, "coalition stake share (fraction of validator stake)",
+             "emission share (fraction; mean, min-max over seeds)", title=what)
+    ax.tick_params(labelleft=True)
+  ps.legend_outside(axes[-1])
+  ps.title(fig, f"Colluding validators boosting their own miners in a live network: what the "
+                f"coalition earns (reveal period {REVEAL}, {len(out['seeds'])} seeds x "
+                f"{out['draws']} stake draws)")
+  fig.tight_layout()
+  return save_figure(fig, path)
 
 
 if __name__ == "__main__":

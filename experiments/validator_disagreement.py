@@ -3,6 +3,7 @@ how often an honest miner is clipped by the kappa-median for lack of agreement, 
 honest miners' emission lost to it.
 
   python experiments/validator_disagreement.py [--seeds 0 1 2] [--draws 16]
+  python experiments/validator_disagreement.py --plot-only   # re-draw the PNG from the JSON
 
 Each seed records a live sim-tiny network with 6 validators that evaluate every peer and 4
 that sample 4 per round (the paper-era reference, gauntlet.md §15.2), each with its own
@@ -21,7 +22,7 @@ import time
 
 import numpy as np
 
-from _common import out_paths, save_figure, spread, write_json
+from _common import out_paths, plot_only, save_figure, spread, write_json
 from _validators import (FULL, SAMPLED, args_and_recordings, first_paid_epoch, replay,
                          stake_draws)
 from jaxnet.ledger import LedgerConfig, YumaConfig
@@ -56,6 +57,8 @@ def measure(logs, honest: np.ndarray, groups: dict, skip: int) -> dict:
 
 
 def main(argv=None):
+  if plot_only(argv, "validator_disagreement", plot):
+    return
   args, rows, present, beh = args_and_recordings(__doc__, argv, rounds=40)
   honest = np.array([b == "honest" for b in beh])
   V = FULL + SAMPLED
@@ -89,26 +92,45 @@ def main(argv=None):
   plot(out, png_path)
 
 
-def plot(out: dict, path) -> None:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  keys = list(out["results"])
-  fig, axes = plt.subplots(1, 3, figsize=(13, 4))
-  for ax, metric, label in zip(axes, ("clipped_rate", "honest_weight_cut",
-                                      "honest_emission_lost"),
-                               ("honest miner-epochs clipped > 5 %", "honest weight cut",
-                                "honest miners' emission lost (of the miner pool)")):
-    m = [out["results"][k][metric]["mean"] for k in keys]
-    lo = [out["results"][k][metric]["min"] for k in keys]
-    hi = [out["results"][k][metric]["max"] for k in keys]
-    ax.bar(range(len(keys)), m, yerr=[np.subtract(m, lo), np.subtract(hi, m)], capsize=3,
-           color=["C0", "C1", "C2"] * 2)
-    ax.set_xticks(range(len(keys)))
-    ax.set_xticklabels([k.replace("yuma3+liquid", "Yuma 3 + LA").replace("yuma2", "Yuma 2")
-                        .replace("/", "\n") for k in keys], fontsize=6)
-    ax.set_title(label, fontsize=9)
-  save_figure(fig, path)
+POPULATIONS = {"every_peer": "all stake on validators evaluating every peer",
+               "sampled_4": "all stake on validators sampling 4 per round",
+               "half_each": "half the stake on each"}
+YUMA_NAMES = {"yuma2": "Yuma 2", "yuma3+liquid": "Yuma 3 +\nliquid alpha"}
+
+
+def plot(out: dict, path):
+  """Three measures per stake population, grouped by Yuma version, from the JSON."""
+  from jaxnet import plotstyle as ps
+  plt = ps.pyplot()
+  res = out["results"]
+  yumas = list(dict.fromkeys(k.split("/")[0] for k in res))
+  pops = list(dict.fromkeys(k.split("/")[1] for k in res))
+  colours = ps.colour_map(pops)
+  width = 0.8 / len(pops)
+  fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
+  for ax, metric, (what, unit) in zip(axes, ("clipped_rate", "honest_weight_cut",
+                                             "honest_emission_lost"),
+                                      ((f"honest miner-epochs clipped by > "
+                                        f"{out['clipped_threshold']:.0%}", "fraction of honest "
+                                        "miner-epochs"),
+                                       ("honest weight cut by the kappa-median", "fraction of "
+                                        "the honest miners' weight"),
+                                       ("honest miners' emission lost", "fraction of the "
+                                        "miners' pool"))):
+    for j, pop in enumerate(pops):
+      e = [res[f"{y}/{pop}"][metric] for y in yumas]
+      m = [x["mean"] for x in e]
+      err = [np.subtract(m, [x["min"] for x in e]), np.subtract([x["max"] for x in e], m)]
+      ax.bar(np.arange(len(yumas)) + (j - (len(pops) - 1) / 2) * width, m, width, yerr=err,
+             capsize=3, color=colours[pop], label=POPULATIONS.get(pop, pop))
+    ax.set_xticks(range(len(yumas)), [YUMA_NAMES.get(y, y) for y in yumas])
+    ps.label(ax, "Yuma version", unit + "\n(mean, min-max over seeds)", title=what)
+  ps.legend_outside(axes[-1], title="stake population")
+  ps.title(fig, f"Validators that sample 4 peers per round against validators that evaluate "
+                f"every peer: honest miners clipped by the kappa-median\n(reveal period "
+                f"{REVEAL}, {len(out['seeds'])} seeds x {out['draws']} stake draws)")
+  fig.tight_layout()
+  return save_figure(fig, path)
 
 
 if __name__ == "__main__":

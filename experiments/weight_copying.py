@@ -2,6 +2,7 @@
 validators, for reveal periods 0, 1, 2 tempos and Yuma 2 / Yuma 3 (+ liquid alpha).
 
   python experiments/weight_copying.py [--seeds 0 1 2] [--draws 16] [--rounds 100]
+  python experiments/weight_copying.py --plot-only   # re-draw the PNG from the JSON
 
 Intended property (bittensor.md §3 item 4): copying does not pay once commit-reveal delays
 what a copier can see. Each seed records a live sim-tiny Gauntlet network with 10
@@ -16,11 +17,12 @@ Writes results/weight_copying.{json,png}.
 """
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
 
-from _common import out_paths, save_figure, spread, write_json
+from _common import out_paths, plot_only, save_figure, spread, write_json
 from _validators import args_and_recordings, first_paid_epoch, replay, stake_draws
 from jaxnet.ledger import LedgerConfig, YumaConfig
 from jaxnet.sim import chain
@@ -40,6 +42,8 @@ def ratio(logs, skip: int) -> np.ndarray:
 
 
 def main(argv=None):
+  if plot_only(argv, "weight_copying", plot):
+    return
   args, rows, present, _ = args_and_recordings(__doc__, argv, rounds=100)
   V = COPIER + 1
   rows = rows[:, :, :V]
@@ -81,30 +85,43 @@ def main(argv=None):
   out["property_holds"] = {
       y: {f"R{R}": not out["variants"][f"consensus/{y}/R{R}"]["copier_pays"] for R in (0, 1, 2)}
       for y in YUMAS}
+  # the figure's curves (mean over seeds and draws, per epoch), for --plot-only
+  out["ratio_by_epoch"] = {k: np.round(c, 5) for k, c in curves.items()}
   json_path, png_path = out_paths("weight_copying")
   write_json(json_path, out)
-  plot(curves, png_path)
+  plot(json.loads(json_path.read_text()), png_path)
 
 
-def plot(curves: dict, path) -> None:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-  for ax, source in zip(axes, ("consensus", "validator0")):
+def plot(out: dict, path):
+  """The copier's dividends per unit stake over the honest validators', per epoch, for every
+  Yuma version and reveal period, from the JSON's `ratio_by_epoch`."""
+  if "ratio_by_epoch" not in out:
+    raise ValueError("this weight_copying JSON predates the saved per-epoch ratios "
+                     "(`ratio_by_epoch`): re-run experiments/weight_copying.py to draw its figure")
+  from jaxnet import plotstyle as ps
+  plt = ps.pyplot()
+  curves = out["ratio_by_epoch"]
+  # a hue per Yuma version, darker to lighter with the reveal period: nine distinct colours
+  shades = plt.get_cmap("tab20c").colors
+  hue = {"yuma2": 0, "yuma3": 4, "yuma3+liquid": 8}
+  names = {"yuma2": "Yuma 2", "yuma3": "Yuma 3", "yuma3+liquid": "Yuma 3 + liquid alpha"}
+  fig, axes = plt.subplots(1, 2, figsize=(12, 4.4), sharey=True)
+  for ax, (source, what) in zip(axes, (("consensus", "a copier of the stake-weighted consensus"),
+                                       ("validator0", "a copier of validator 0's row"))):
     for key, c in curves.items():
-      if key.startswith(source):
+      if key.startswith(source + "/"):
         _, y, R = key.split("/")
-        ax.plot(np.arange(len(c)), c, label=f"{y} {R}",
-                ls={"R0": "-", "R1": "--", "R2": ":"}[R],
-                color={"yuma2": "C0", "yuma3": "C1", "yuma3+liquid": "C2"}[y])
-    ax.axhline(1.0, color="k", lw=0.5)
-    ax.set_title(f"copier of the {source}", fontsize=9)
-    ax.set_xlabel("epoch")
-  axes[0].set_ylabel("copier / honest dividends per unit stake")
-  handles, labels = axes[0].get_legend_handles_labels()
-  fig.legend(handles, labels, loc="center right", fontsize=7)
-  save_figure(fig, path, rect=(0, 0, 0.86, 1))
+        ax.plot(np.arange(len(c)), c, label=f"{names.get(y, y)}, reveal {R[1:]} tempo(s)",
+                ls={"R0": "-", "R1": "--", "R2": ":"}[R], lw=1.6, color=shades[hue[y] + int(R[1:])])
+    ax.axhline(1.0, color="k", lw=0.5, label="copying pays as much as honest work")
+    ps.label(ax, "epoch (one tempo of 2 rounds)", "copier / honest dividends per unit stake\n"
+             "(ratio; mean over seeds and stake draws)", title=what)
+    ax.tick_params(labelleft=True)
+  ps.legend_outside(axes[-1])
+  ps.title(fig, f"Does weight copying pay? A copier with {out['copier_share']:.0%} of the stake "
+                f"against honest validators, by reveal period (commit-reveal delay)")
+  fig.tight_layout()
+  return save_figure(fig, path)
 
 
 if __name__ == "__main__":

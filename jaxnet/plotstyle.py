@@ -94,6 +94,15 @@ def _series_colours(ax) -> list[tuple]:
     fc = coll.get_facecolor()
     if len(fc) == 1:   # one series per collection (stackplot, fill_between); not heat maps
       cols.append(tuple(np.round(fc[0][:3], 4)))
+  # errorbar and bar series keep their label on the container, not on the artists
+  from matplotlib.container import BarContainer, ErrorbarContainer
+  for cont in ax.containers:
+    if cont.get_label() is None or cont.get_label().startswith("_"):
+      continue
+    if isinstance(cont, ErrorbarContainer) and cont.lines[0] is not None:
+      cols.append(tuple(np.round(to_rgb(cont.lines[0].get_color()), 4)))
+    elif isinstance(cont, BarContainer) and cont.patches:
+      cols.append(tuple(np.round(cont.patches[0].get_facecolor()[:3], 4)))
   return cols
 
 
