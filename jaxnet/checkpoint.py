@@ -161,6 +161,41 @@ class Checkpointer:
                             restored, target)
     return restored, meta
 
+  def restore_raw(self, step: int | None = None, part: str | None = None) -> tuple[Any, dict]:
+    """(the saved state, or its item `part`; meta) of `step` (default the latest), restored
+    without a target: for reading a run's arrays outside the run (`jaxnet export`).
+    NamedTuples come back as dicts of their fields, tuples as lists. Every returned leaf
+    is checked against the SHA-256 digest saved with it."""
+    step = self.latest_step() if step is None else step
+    if step is None or step not in self.all_steps():
+      raise CheckpointError(f"{self.directory}: no checkpoint for step {step} "
+                            f"(have {self.all_steps()})")
+    try:
+      got = self._mngr.restore(step, args=ocp.args.Composite(
+          meta=ocp.args.JsonRestore(), state=ocp.args.StandardRestore()))
+    except Exception as e:  # orbax raises many types for damaged files
+      raise CheckpointError(f"{self.directory}/{step}: cannot read the checkpoint "
+                            f"({type(e).__name__}: {_first_line(e)})") from None
+    state, meta, prefix = got["state"], got["meta"], ()
+    if part is not None:
+      items = state if isinstance(state, dict) else dict(enumerate(state))
+      items = {str(k): v for k, v in items.items()}
+      if part not in items:
+        raise CheckpointError(f"{self.directory}/{step}: the checkpoint has no {part!r}")
+      state, prefix = items[part], (part,)
+    saved = meta.get("digests") if isinstance(meta, dict) else None
+    if not isinstance(saved, dict):
+      raise CheckpointError(f"{self.directory}/{step}: checkpoint has no array digests")
+    # a NamedTuple field was saved under the digest path '.f', a tuple item under '[i]';
+    # orbax hands both back as keys, so paths are compared by their key names only
+    by_keys = {_key_names(k): v for k, v in saved.items()}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+      key = prefix + _key_names(jax.tree_util.keystr(path))
+      if by_keys.get(key) != digests([leaf])["[0]"]:
+        raise CheckpointError(f"{self.directory}/{step}: array {'/'.join(key)} fails its SHA-256 "
+                              "digest; the checkpoint is damaged")
+    return state, dict(meta, step=step)
+
   def close(self) -> None:
     self._mngr.wait_until_finished()
     self._mngr.close()
@@ -170,6 +205,12 @@ class Checkpointer:
 
   def __exit__(self, *exc):
     self.close()
+
+
+def _key_names(keystr: str) -> tuple[str, ...]:
+  """".params['embed'][0]" -> ('params', 'embed', '0'): a saved digest path's key names."""
+  import re
+  return tuple(a or b or c for a, b, c in re.findall(r"\.(\w+)|\['([^']*)'\]|\[(\d+)\]", keystr))
 
 
 def _first_line(e: Exception) -> str:

@@ -5,6 +5,7 @@
   jaxnet simulate --config configs/sim-small.yaml [--sim.rounds 40 ...] [--print-config]
   jaxnet market --config configs/market-tiny.yaml [--market.blocks 100 ...]
   jaxnet report RUN_DIR [--round R] [--no-plots]
+  jaxnet export RUN_DIR --out DIR [--step N]      (Hugging Face LLaMA layout)
   jaxnet launch --config C [--storage SPEC] [--run-id R] [...]   (a network of processes)
   jaxnet validator --config C --run-id R [--storage SPEC] [...]
   jaxnet peer --config C --uid U --run-id R [--storage SPEC] [...]
@@ -23,7 +24,7 @@ import sys
 # name: looked up in sys.modules, so that `--help` does not import JAX to catch them.
 USER_ERRORS = (("jaxnet.configbase", "ConfigError"), ("jaxnet.checkpoint", "CheckpointError"),
                ("jaxnet.data.errors", "DataError"), ("jaxnet.rundir", "RunError"),
-               ("jaxnet.report", "ReportError"), ("jaxnet.net.clock", "NetError"),
+               ("jaxnet.report", "ReportError"), ("jaxnet.hf", "ExportError"), ("jaxnet.net.clock", "NetError"),
                ("jaxnet.sim.storage", "StorageUnavailable"))
 
 RUN_HELP = {
@@ -63,6 +64,10 @@ NET_OPTIONS = {
              ("--run-id", "R", "the run to join (written by jaxnet launch)"),
              ("--storage", "SPEC", "shared store (default sim.storage)")),
 }
+
+
+# overrides that may stand alone (no value, or another option next), and the value they take
+BARE_OVERRIDES = {"--log.tensorboard": "auto"}
 
 
 class UsageError(Exception):
@@ -132,6 +137,7 @@ def run_help(command: str) -> str:
            *(f"  {flag + ' ' + meta:<23}  {text}" for flag, meta, text in extra),
            "  --config FILE            YAML config; fields it leaves out keep the defaults below",
            "  --SECTION.FIELD VALUE    override a field (or --SECTION.FIELD=VALUE); VALUE is YAML",
+           "  --log.tensorboard [DIR]  TensorBoard events in DIR (alone: <train.out_dir>/tensorboard)",
            "  --print-config           print the resolved config as YAML and exit",
            "  -h, --help               show this help and exit", "",
            "config fields (name, type, default, meaning):"]
@@ -160,6 +166,8 @@ def _parse_run_args(argv: list[str]) -> tuple[str | None, list[str], bool, bool]
       path, i = argv[i + 1], i + 1
     elif arg.startswith("--config="):
       path = arg.split("=", 1)[1]
+    elif arg in BARE_OVERRIDES and (i + 1 >= len(argv) or argv[i + 1].startswith("-")):
+      overrides += [arg, BARE_OVERRIDES[arg]]
     elif arg.startswith("--") and "=" not in arg and i + 1 < len(argv):
       overrides += [arg, argv[i + 1]]   # a dotted override and its value, whatever it reads
       i += 1
@@ -251,6 +259,25 @@ def cmd_report(argv: list[str]) -> int:
   return int(report.main(argv) or 0)
 
 
+def cmd_export(argv: list[str]) -> int:
+  p = OneLineArgumentParser(
+      prog="jaxnet export",
+      description="Writes a run's model (its latest checkpoint) in the Hugging Face LLaMA "
+                  "layout: config.json + model.safetensors (+ tokenizer.json when the run used "
+                  "one), which transformers.LlamaForCausalLM.from_pretrained(OUT) loads. "
+                  "Start a run from it with --model.init_from OUT.")
+  p.add_argument("run_dir", metavar="RUN_DIR", help="a train or simulate run directory")
+  p.add_argument("--out", required=True, help="output directory")
+  p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+  p.add_argument("--force", action="store_true", help="write into a non-empty --out")
+  args = p.parse_args(argv)
+  from jaxnet import hf
+  out = hf.export(args.run_dir, args.out, step=args.step, force=args.force)
+  print(f"wrote step {out['step']} ({out['n_params']:,} parameters) to {args.out}: "
+        f"{', '.join(out['files'])}")
+  return 0
+
+
 def cmd_market(argv: list[str]) -> int:
   cfg = _load("market", argv)
   if cfg is None:
@@ -339,7 +366,7 @@ def cmd_peer(argv: list[str]) -> int:
 
 
 COMMANDS = {"train": cmd_train, "data": cmd_data, "simulate": cmd_simulate, "market": cmd_market,
-            "report": cmd_report, "launch": cmd_launch, "validator": cmd_validator,
+            "report": cmd_report, "export": cmd_export, "launch": cmd_launch, "validator": cmd_validator,
             "peer": cmd_peer}
 
 

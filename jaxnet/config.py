@@ -48,6 +48,9 @@ class ModelConfig:
   init_std: float = 0.02         # HF LlamaConfig initializer_range
   compute_dtype: Literal["float32", "bfloat16"] = "float32"  # matmul dtype; params stay float32
   remat: bool = False            # jax.checkpoint each scanned block
+  init_from: str = ""            # start from a LLaMA-layout safetensors checkpoint (a `jaxnet
+                                 #   export` or Hugging Face LLaMA directory, or one .safetensors
+                                 #   file) of these shapes instead of the random init; "" = random
 
   def __post_init__(self):
     for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len"):
@@ -139,6 +142,13 @@ class CheckpointConfig:
 
 
 @_static
+class LogConfig:
+  """Experiment tracking beside metrics.jsonl, which stays the record (jaxnet.tracking)."""
+  tensorboard: str = ""          # TensorBoard event directory: "" = off, "auto" =
+                                 #   <train.out_dir>/tensorboard (also a bare --log.tensorboard)
+
+
+@_static
 class Config:
   """The whole config tree: one section per subsystem."""
   scheme: str = "demo"           # training scheme of every decentralised mode: demo, diloco or
@@ -157,6 +167,7 @@ class Config:
   ledger: LedgerConfig = field(default_factory=LedgerConfig)
   market: MarketConfig = field(default_factory=MarketConfig)
   net: NetConfig = field(default_factory=NetConfig)
+  log: LogConfig = field(default_factory=LogConfig)
 
   def __post_init__(self):
     from jaxnet import schemes   # here, not at the top: scheme modules import this one

@@ -23,8 +23,9 @@ import numpy as np
 import optax
 
 from jaxnet import peer, schemes, sharding as shd
+from jaxnet import hf
 from jaxnet import model as jmodel
-from jaxnet import loop
+from jaxnet import loop, tracking
 from jaxnet.loop import Task
 from jaxnet.config import Config, to_dict
 from jaxnet.configbase import ConfigError
@@ -61,7 +62,7 @@ class DecentralRun:
     self.corpus = jdata.load_corpus(cfg.data)
     check_vocab(cfg, self.corpus)
     self.uids = np.arange(n_peers)
-    params = jmodel.init_params(cfg.model, jax.random.key(cfg.train.seed))
+    params = hf.initial_params(cfg.model, jax.random.key(cfg.train.seed))
     scheme = schemes.get(cfg)
     scheme.check_config()
     self.layout = scheme.make_layout(params, n_pages=cfg.data.pages_per_window)
@@ -129,7 +130,11 @@ def baseline_config(cfg: Config) -> Config:
                                   microbatch=cfg.data.pages_per_window * cfg.data.page_size,
                                   out_dir=str(Path(cfg.train.out_dir) / "adamw_baseline"))
   ckpt_cfg = dataclasses.replace(cfg.checkpoint, dir="", every=0)
-  return dataclasses.replace(cfg, train=train_cfg, checkpoint=ckpt_cfg)
+  # its events beside the run's (a run of its own in TensorBoard), never into the same files
+  events = tracking.logdir(cfg)
+  log_cfg = dataclasses.replace(cfg.log, tensorboard=str(events / "adamw_baseline") if events
+                                else "")
+  return dataclasses.replace(cfg, train=train_cfg, checkpoint=ckpt_cfg, log=log_cfg)
 
 
 def run_baseline(cfg: Config, tokens_per_round: int, progress: bool, devices) -> list[dict]:

@@ -11,7 +11,9 @@ the modes cannot drift apart:
     a step whose checkpoint is due has its record written and synced first, so a kill at
     any point leaves the metrics complete up to the checkpoint a resume starts from;
   * every record passes the NaN check on the task's loss key;
-  * one checkpoint cadence (`checkpoint.every`; 0 = at the end only) and one final save.
+  * one checkpoint cadence (`checkpoint.every`; 0 = at the end only) and one final save;
+  * on process 0, the optional tracker (`log.tensorboard`, jaxnet.tracking) as one more
+    hook, flushed at every checkpoint and closed at the end.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from jaxnet import tracking
 from jaxnet.checkpoint import Checkpointer, CheckpointError
 from jaxnet.rundir import RunDir
 
@@ -68,9 +71,11 @@ def run(cfg, mode: str, build: Callable[[str], Task], *, compat: dict, progress:
   and the run id; `rd` (the RunDir, closed) tells hooks run afterwards whether they are the
   main process.
   """
+  tracking.check(cfg)   # a missing package fails every process before any work
   with RunDir(cfg, mode) as rd:
     task = build(rd.run_id)
     ckpt = _checkpointer(cfg, compat)
+    tracker = None
     try:
       state, start = task.state, 0
       latest = ckpt.start_step(cfg.checkpoint.resume)
@@ -81,17 +86,22 @@ def run(cfg, mode: str, build: Callable[[str], Task], *, compat: dict, progress:
                                 f"{meta.get('data_position')} does not match step {latest}")
         state, start = task.from_checkpoint(restored), latest
       rd.begin(start)
+      tracker = tracking.open_tracker(cfg, main=rd.main, start=start)
+      if tracker is not None:
+        task = dataclasses.replace(task, hooks=[*task.hooks, tracker])
       state = task.place(state)
       end = task.total if stop_after is None else min(task.total, start + stop_after)
-      state, history = _steps(task, rd, ckpt, state, start, end, progress, mode)
+      state, history = _steps(task, rd, ckpt, state, start, end, progress, mode, tracker)
     finally:
       ckpt.close()
+      if tracker is not None:
+        tracker.close()
   return {"state": state, "history": history, "start": start, "end": end, "run_id": rd.run_id,
           "main": rd.main}
 
 
 def _steps(task: Task, rd: RunDir, ckpt: Checkpointer, state, start: int, end: int,
-           progress: bool, desc: str):
+           progress: bool, desc: str, tracker: tracking.Tracker | None = None):
   bar = _progress(progress and rd.main, start, task.total, desc, task.unit)
   history, pending, t_last = [], None, time.perf_counter()
 
@@ -119,6 +129,8 @@ def _steps(task: Task, rd: RunDir, ckpt: Checkpointer, state, start: int, end: i
 
   def save(step: int):
     rd.sync()   # the records up to `step` are on disk before the checkpoint claims it
+    if tracker is not None:   # and their events, so a kill after it loses none
+      tracker.flush()
     ckpt.save(step, task.to_checkpoint(state), dict(task.meta, data_position=step))
 
   try:

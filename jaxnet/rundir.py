@@ -32,9 +32,11 @@ import yaml
 __all__ = ["RunError", "RunDir", "read_metrics", "EXTEND_ONLY"]
 
 # Fields a resume may change: the length of the run, evaluation and checkpoint cadence,
-# and where the run's files live (a copied run directory can be resumed elsewhere).
+# and where the run's files live (a copied run directory can be resumed elsewhere; tracking
+# can be turned on for a run already going).
 EXTEND_ONLY = ("train.steps", "sim.rounds", "train.eval_every", "checkpoint.every",
-               "checkpoint.keep", "checkpoint.resume", "train.out_dir", "checkpoint.dir")
+               "checkpoint.keep", "checkpoint.resume", "train.out_dir", "checkpoint.dir",
+               "log.tensorboard")
 _MAX_METRICS_BYTES = 1 << 30   # a metrics file is ours, but bound what resume reads anyway
 
 

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxnet import hf
 from jaxnet import model as jmodel
 from jaxnet import sharding as shd
 from jaxnet import loop
@@ -56,7 +57,7 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
 
 
 def init_state(cfg: Config, key: jax.Array, tx: optax.GradientTransformation) -> TrainState:
-  params = jmodel.init_params(cfg.model, key)
+  params = hf.initial_params(cfg.model, key)
   return TrainState(params, tx.init(params), jnp.zeros((), jnp.int32))
 
 

@@ -76,7 +76,7 @@ def test_print_config_is_the_resolved_config(capsys):
 
 def test_unknown_command(capsys):
   line = _one_line_error(capsys, main(["foo"]))
-  assert line == ("jaxnet: unknown command 'foo' (known: data, launch, market, peer, report, "
+  assert line == ("jaxnet: unknown command 'foo' (known: data, export, launch, market, peer, report, "
                   "simulate, train, validator)")
   line = _one_line_error(capsys, main(["data", "bar"]))
   assert "unknown command 'bar'" in line

@@ -23,7 +23,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from jaxnet import model as jmodel
+from jaxnet import hf
 from jaxnet import peer
 from jaxnet.checkpoint import Checkpointer
 from jaxnet.config import Config
@@ -51,7 +51,7 @@ class PeerNode:
     self.dir = Path(cfg.train.out_dir) / f"peer-{uid}"
     self._lock = lock(self.dir / ".lock", f"peer {uid}")
     self.net = net = network.Network(cfg, run_id=run_id)
-    params = jmodel.init_params(cfg.model, jax.random.key(cfg.train.seed))
+    params = hf.initial_params(cfg.model, jax.random.key(cfg.train.seed))
     self.state = {"params": params, "outer": net.scheme.outer().init(params),
                   "peer": peer.init_states(params, 1, cfg)}
     self.ckpt = Checkpointer(self.dir / "checkpoints", every=1, keep=2,

@@ -6,7 +6,8 @@ before download, parallel, retried), runs the simulator's validator round on the
 (`Network.validator_inputs`, `validator_randomness`, `validators.round`; the put-window
 check uses the store's LastModified against `net.put_window_s`), publishes `gather-{w}`
 (weights, gather uids, digests), applies the same aggregate and outer step to its θ and
-appends the round to `<train.out_dir>/metrics.jsonl` with the simulator's keys.
+appends the round to `<train.out_dir>/metrics.jsonl` with the simulator's keys (and, with
+`log.tensorboard`, to TensorBoard as the simulator's scalars, flushed every round).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxnet import tracking
 from jaxnet.config import Config
 from jaxnet.gauntlet import fast
 from jaxnet.net.gather import GatherList, gather_name, sha256
@@ -89,6 +91,7 @@ class ValidatorNode:
                    "debug": 4 * fast.probe_size(net.layout)}
     (out / "behaviours.json").write_text(json.dumps(net.behaviours))
     self.metrics = JsonlLog(out / "metrics.jsonl")
+    self.tracker = tracking.open_tracker(cfg)   # None unless log.tensorboard is set
 
   def warm_up(self, st) -> None:
     """Compiles the round on an empty store (all absent) before window 0."""
@@ -110,10 +113,15 @@ class ValidatorNode:
       clock.sleep_until(clock.read_at(w, self.cfg.net.read_delay_s))
       st, rec = self.round(st, w)
       self.metrics.write(rec)
+      if self.tracker is not None:
+        self.tracker(rec)
+        self.tracker.flush()
       self.log.info("round %d: scored %d, gathered %s, weights %s (read %.1f s after the "
                     "put window)", w, rec["evaluated"], rec["gather"],
                     [round(x, 4) for x in rec["report"]["weight"]], rec["late_s"])
     self.metrics.close()
+    if self.tracker is not None:
+      self.tracker.close()
 
   def round(self, st: network.NetState, w: int):
     """One round of the simulator's validator half on the store's objects."""

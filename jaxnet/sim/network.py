@@ -26,6 +26,7 @@ import numpy as np
 import optax
 
 from jaxnet import peer, schemes, sharding as shd
+from jaxnet import hf
 from jaxnet import model as jmodel
 from jaxnet import loop
 from jaxnet.loop import Task
@@ -143,7 +144,7 @@ class Network:
 
   # ------------------------------------------------------------------ state
   def init_state(self) -> NetState:
-    params = jmodel.init_params(self.cfg.model, jax.random.key(self.cfg.train.seed))
+    params = hf.initial_params(self.cfg.model, jax.random.key(self.cfg.train.seed))
     zero = collect.zeros_submission(self.layout)
     prev = jax.tree.map(lambda x: np.broadcast_to(x, (self.n,) + x.shape).copy(), zero)
     return NetState(params, self.scheme.outer().init(params),
