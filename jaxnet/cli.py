@@ -1,7 +1,7 @@
 """The `jaxnet` command: a thin layer that parses flags into the config and calls the library.
 
   jaxnet train --config configs/tiny.yaml [--train.steps 50 ...] [--print-config]
-  jaxnet data prepare PATH... --out DIR [--tokenizer byte|FILE] [--bpe-vocab N]
+  jaxnet data prepare PATH... --out DIR [--tokenizer byte|FILE] [--text-field NAME] [--bpe-vocab N]
   jaxnet simulate --config configs/sim-small.yaml [--sim.rounds 40 ...] [--print-config]
   jaxnet market --config configs/market-tiny.yaml [--market.blocks 100 ...]
   jaxnet report RUN_DIR [--round R] [--no-plots]
@@ -241,7 +241,7 @@ def cmd_simulate(argv: list[str]) -> int:
 
 # --------------------------------------------------------------------------- data, report
 
-DATA_USAGE = "usage: jaxnet data prepare PATH... --out DIR [--tokenizer byte|FILE] [--bpe-vocab N]"
+DATA_USAGE = "usage: jaxnet data prepare PATH... --out DIR [--tokenizer byte|FILE] [--text-field NAME] [--bpe-vocab N]"
 
 
 def cmd_data(argv: list[str]) -> int:

@@ -26,8 +26,8 @@ def _by(result, name):
 
 
 @pytest.fixture(scope="module")
-def main_run(tmp_path_factory):
-  return _run(tmp_path_factory, "main", ["--sim.rounds", "40"])
+def main_run(tmp_path_factory):   # also tracked, for test_tensorboard_holds_each_peers_round
+  return _run(tmp_path_factory, "main", ["--sim.rounds", "40", "--log.tensorboard", "auto"])
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +49,21 @@ def test_model_learns_and_honest_scores_rise(main_run):
   assert (ordinal[honest] > 0).all(), ordinal
   first = np.asarray(hist[2]["report"]["bma"])
   assert (bma[honest] > first[honest]).all()
+
+
+def test_tensorboard_holds_each_peers_round(main_run):
+  """log.tensorboard: the event file read back equals metrics.jsonl, per peer per round."""
+  pytest.importorskip("tensorboardX")
+  from tb_events import f32, scalars_by_tag
+  from jaxnet.rundir import read_metrics
+  out = Path(main_run["network"].cfg.train.out_dir)
+  recs = read_metrics(out / "metrics.jsonl")
+  tags = scalars_by_tag(out / "tensorboard")
+  assert len(recs) == 40 and tags["val_loss"] == {r["step"]: f32(r["val_loss"]) for r in recs}
+  for u in range(len(main_run["network"].behaviours)):
+    for name in ("weight", "ordinal", "bma", "sync"):
+      assert tags[f"peer/uid_{u:02d}/{name}"] == {r["step"]: f32(r["report"][name][u])
+                                                  for r in recs}
 
 
 def test_honest_peers_hold_the_weight(main_run):

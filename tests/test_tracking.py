@@ -8,7 +8,6 @@ with the protobuf classes tensorboardX ships.
 """
 import dataclasses
 import math
-import struct
 import sys
 import warnings
 from pathlib import Path
@@ -18,59 +17,18 @@ import numpy as np
 import pytest
 
 pytest.importorskip("tensorboardX")
-from tensorboardX.crc32c import crc32c  # noqa: E402
 from tensorboardX.proto import event_pb2  # noqa: E402
 
 from jaxnet import cli, loop, tracking  # noqa: E402
 from jaxnet.config import ConfigError, load_config, to_dict  # noqa: E402
 from jaxnet.rundir import config_diff, read_metrics  # noqa: E402
+from tb_events import f32, read_events, scalars_by_tag  # noqa: E402
 
 CONFIGS = Path(__file__).parent.parent / "configs"
 # the tiny model made smaller still: one compile of a few seconds
 SHRINK = ["--model.d_model", "32", "--model.n_layers", "1", "--model.n_heads", "2",
           "--model.d_ff", "64", "--model.max_seq_len", "32", "--data.seq_len", "32",
           "--train.batch_size", "4", "--train.warmup_steps", "1"]
-
-
-# --------------------------------------------------------------------------- reading events
-
-def _masked(data: bytes) -> int:
-  x = crc32c(data)
-  return (((x >> 15) | (x << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
-def read_events(directory: Path) -> list:
-  """Every Event of the event files in `directory`, in file order, framing checked."""
-  events = []
-  for path in sorted(Path(directory).glob("events.out.tfevents.*")):
-    data, pos = path.read_bytes(), 0
-    while pos < len(data):
-      header = data[pos:pos + 8]
-      (n,) = struct.unpack("<Q", header)
-      assert struct.unpack("<I", data[pos + 8:pos + 12])[0] == _masked(header), path
-      body = data[pos + 12:pos + 12 + n]
-      assert struct.unpack("<I", data[pos + 12 + n:pos + 16 + n])[0] == _masked(body), path
-      events.append(event_pb2.Event.FromString(body))
-      pos += 16 + n
-  return events
-
-
-def scalars_by_tag(directory: Path) -> dict[str, dict[int, float]]:
-  """tag -> step -> value as TensorBoard shows it: a session's START marker at step s
-  drops what earlier files wrote at steps >= s."""
-  out: dict[str, dict[int, float]] = {}
-  for ev in read_events(directory):
-    if ev.HasField("session_log") and ev.session_log.status == event_pb2.SessionLog.START:
-      for series in out.values():
-        for s in [s for s in series if s >= ev.step]:
-          del series[s]
-    for v in ev.summary.value:
-      out.setdefault(v.tag, {})[ev.step] = v.simple_value
-  return out
-
-
-def f32(x) -> float:
-  return float(np.float32(x))
 
 
 # --------------------------------------------------------------------------- the mapping
@@ -258,19 +216,3 @@ def test_jaxnet_train_logs_loss_lr_and_throughput_per_step(tmp_path, capsys):
   for key in ("loss", "lr", "tokens_per_s", "grad_norm"):
     assert tags[key] == {r["step"]: f32(r[key]) for r in recs}, key
   assert tags["val_loss"] == {3: f32(recs[-1]["val_loss"])}
-
-
-@pytest.mark.slow   # a simulation compiles for half a minute on 2 CPU cores
-def test_simulate_logs_each_peers_weight_per_round(tmp_path):
-  from jaxnet.sim import network
-  cfg = load_config(CONFIGS / "sim-tiny.yaml", [
-      *SHRINK, "--sim.rounds", "2", "--sim.peers", '["honest:3", "noise:1"]',
-      "--train.out_dir", str(tmp_path / "sim"), "--log.tensorboard", "auto"])
-  network.simulate(cfg, progress=False)
-  recs = read_metrics(tmp_path / "sim" / "metrics.jsonl")
-  tags = scalars_by_tag(tmp_path / "sim" / "tensorboard")
-  assert tags["val_loss"] == {r["step"]: f32(r["val_loss"]) for r in recs}
-  for u in range(4):
-    for name in ("weight", "ordinal", "bma", "sync"):
-      assert tags[f"peer/uid_{u:02d}/{name}"] == {r["step"]: f32(r["report"][name][u])
-                                                  for r in recs}

@@ -17,6 +17,8 @@ Pieces:
   embedded.py   the KJV asset (one document per chapter); default_shards (cached build)
   pages.py      pages(uid, window), random_pages(window, salt), epoch_permutation (pure)
   corpus.py     Corpus: packing, train/val split, batch_from_pages, train_batches, val_batch
+  formats.py    input files by suffix: UTF-8 text, JSONL (.jsonl, .jsonl.gz), Parquet (pyarrow,
+                lazily); streamed with bounded memory; rows with empty text skipped, counted
   prepare.py    prepare_main(argv): `jaxnet data prepare`
 """
 from jaxnet.data.corpus import Corpus, batch_from_pages, load_corpus, loss_mask, make_batch
