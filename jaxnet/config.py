@@ -30,7 +30,7 @@ from jaxnet.schemes.inner import InnerConfig
 from jaxnet.schemes.sparseloco import SparseLoCoConfig
 from jaxnet.sim.config import SimConfig, require as _require, static_config as _static
 
-__all__ = ["ConfigError", "Config", "DemoConfig", "load_config", "parse_overrides", "config_from_dict", "to_dict",
+__all__ = ["ConfigError", "Config", "DemoConfig", "load_config", "parse_overrides", "config_from_dict", "to_dict", "model_compat",
            "to_yaml", "describe_fields", "FieldInfo"]
 
 
@@ -336,6 +336,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
 
 def to_dict(cfg: Any) -> dict:
   return dataclasses.asdict(cfg)
+
+
+def model_compat(model_cfg: ModelConfig) -> dict:
+  """The model fields a checkpoint's arrays depend on: every one but `init_from`, which only
+  chooses where a fresh run starts (a resume restores its own arrays), so that checkpoints
+  written before the field existed still restore."""
+  return {k: v for k, v in to_dict(model_cfg).items() if k != "init_from"}
 
 
 class _Dumper(yaml.SafeDumper):

@@ -27,7 +27,7 @@ from jaxnet import hf
 from jaxnet import model as jmodel
 from jaxnet import loop, tracking
 from jaxnet.loop import Task
-from jaxnet.config import Config, to_dict
+from jaxnet.config import Config, model_compat, to_dict
 from jaxnet.configbase import ConfigError
 from jaxnet.rundir import read_metrics
 from jaxnet.train import check_vocab
@@ -111,7 +111,7 @@ def train(cfg: Config, *, progress: bool = True, devices=None, stop_after: int |
     raise ConfigError("train.optimizer: decentral.train needs 'decentral', got "
                       f"{cfg.train.optimizer!r}")
   run = DecentralRun(cfg, devices)
-  compat = {"model": to_dict(cfg.model), "optimizer": "decentral", "peers": cfg.train.peers,
+  compat = {"model": model_compat(cfg.model), "optimizer": "decentral", "peers": cfg.train.peers,
             "scheme": cfg.scheme, cfg.scheme: to_dict(getattr(cfg, cfg.scheme))}
   out = loop.run(cfg, "train", lambda run_id: decentral_task(cfg, run), compat=compat,
                  progress=progress, stop_after=stop_after)

@@ -55,10 +55,12 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def config_diff(old: dict, new: dict) -> list[tuple[str, Any, Any]]:
-  """Changed fields (dotted name, old, new) outside `EXTEND_ONLY`, sorted by name."""
-  a, b = _flatten(old), _flatten(new)
+  """Changed fields (dotted name, old, new) outside `EXTEND_ONLY`, sorted by name. A field
+  the old config lacks (added by a later jaxnet) is unchanged while it keeps its default."""
+  from jaxnet.config import Config, to_dict
+  a, b, default = _flatten(old), _flatten(new), _flatten(to_dict(Config()))
   return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
-          if k not in EXTEND_ONLY and a.get(k) != b.get(k)]
+          if k not in EXTEND_ONLY and a.get(k, default.get(k)) != b.get(k)]
 
 
 def read_metrics(path: str | os.PathLike, *, upto: int | None = None) -> list[dict]:

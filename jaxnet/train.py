@@ -26,7 +26,7 @@ from jaxnet import model as jmodel
 from jaxnet import sharding as shd
 from jaxnet import loop
 from jaxnet.loop import Task
-from jaxnet.config import Config, TrainConfig, to_dict
+from jaxnet.config import Config, TrainConfig, model_compat
 from jaxnet.configbase import ConfigError
 from jaxnet.rundir import read_metrics
 
@@ -160,7 +160,7 @@ def train(cfg: Config, *, progress: bool = True, devices=None, stop_after: int |
   if cfg.train.optimizer != "adamw":
     raise ConfigError(f"train.optimizer: {cfg.train.optimizer!r} runs through jaxnet.decentral")
   run = Run(cfg, devices)
-  compat = {"model": to_dict(cfg.model), "optimizer": cfg.train.optimizer,
+  compat = {"model": model_compat(cfg.model), "optimizer": cfg.train.optimizer,
             "data.seq_len": cfg.data.seq_len, "train.batch_size": cfg.train.batch_size}
   out = loop.run(cfg, "train", lambda run_id: train_task(cfg, run), compat=compat,
                  progress=progress, stop_after=stop_after)

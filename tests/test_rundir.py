@@ -206,3 +206,17 @@ def test_a_torn_last_metrics_line_is_dropped_on_resume_and_report(tmp_path):
   path.write_text("\n".join(lines) + "\n")
   with pytest.raises(RunError, match=r"metrics.jsonl:2: unreadable"):
     read_metrics(path)
+
+
+def test_a_run_made_before_a_field_existed_still_resumes():
+  """A config.yaml written before model.init_from / log.tensorboard existed: a resume with
+  those fields at their defaults is not a change, and one that sets them is."""
+  from jaxnet.config import Config, model_compat, to_dict
+  new = to_dict(Config())
+  old = json.loads(json.dumps(new))
+  del old["model"]["init_from"], old["log"]
+  assert config_diff(old, new) == []
+  changed = to_dict(load_config(None, ["--model.init_from", "runs/x-hf"]))
+  assert config_diff(old, changed) == [("model.init_from", None, "runs/x-hf")]
+  # a checkpoint's compat never held init_from: where a fresh run started is not its shape
+  assert "init_from" not in model_compat(Config().model)

@@ -30,7 +30,7 @@ from jaxnet import hf
 from jaxnet import model as jmodel
 from jaxnet import loop
 from jaxnet.loop import Task
-from jaxnet.config import Config, to_dict
+from jaxnet.config import Config, model_compat, to_dict
 from jaxnet.configbase import ConfigError
 from jaxnet.gauntlet import collect, fast
 from jaxnet.gauntlet.validator import ValidatorState
@@ -372,7 +372,7 @@ def simulate(cfg: Config, *, progress: bool = True, devices=None, stop_after: in
                                    "top": f"{r['top_uids'][0]}:{r['top_weights'][0]:.2f}"},
                 hooks=[on_round] if on_round is not None else [])
 
-  compat = {"model": to_dict(cfg.model), "gauntlet": to_dict(cfg.gauntlet), "scheme": cfg.scheme,
+  compat = {"model": model_compat(cfg.model), "gauntlet": to_dict(cfg.gauntlet), "scheme": cfg.scheme,
             cfg.scheme: to_dict(getattr(cfg, cfg.scheme))}
   out = loop.run(cfg, "simulate", build, compat=compat, progress=progress, stop_after=stop_after)
   return dict(out, network=built["net"])
