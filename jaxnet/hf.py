@@ -182,8 +182,8 @@ def _read_json(path: Path) -> dict:
     raise ExportError(f"{path}: {size} bytes is over the {MAX_JSON_BYTES} limit for a JSON file")
   try:
     out = json.loads(path.read_text(encoding="utf-8"))
-  except (UnicodeDecodeError, json.JSONDecodeError) as e:
-    raise ExportError(f"{path}: not a JSON file ({e})") from None
+  except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+    raise ExportError(f"{path}: not a JSON file ({type(e).__name__})") from None
   if not isinstance(out, dict):
     raise ExportError(f"{path}: not a JSON object")
   return out
@@ -204,8 +204,8 @@ def read_safetensors(path: Path) -> dict[str, np.ndarray]:
       raise ExportError(f"{path}: not a safetensors file (header length {n}, file {size} bytes)")
     try:
       header = json.loads(f.read(n).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-      raise ExportError(f"{path}: safetensors header is not JSON ({e})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+      raise ExportError(f"{path}: safetensors header is not JSON ({type(e).__name__})") from None
   if not isinstance(header, dict):
     raise ExportError(f"{path}: safetensors header is not a JSON object")
   out, data_start = {}, 8 + n

@@ -203,7 +203,8 @@ def test_mismatched_checkpoints_are_one_line_config_errors(trained, tmp_path):
     hf.load_llama(tmp_path / "nothing", cfg.model)
 
 
-@pytest.mark.parametrize("damage", ["truncated", "huge_header", "not_json", "bad_offsets", "int_dtype"])
+@pytest.mark.parametrize("damage", ["truncated", "huge_header", "not_json", "deep_json",
+                                    "bad_offsets", "int_dtype"])
 def test_hostile_safetensors_are_refused_before_reading(trained, tmp_path, damage):
   cfg, _, export = trained
   data = (export / "model.safetensors").read_bytes()
@@ -216,6 +217,9 @@ def test_hostile_safetensors_are_refused_before_reading(trained, tmp_path, damag
     data = (1 << 62).to_bytes(8, "little") + data[8:]
   elif damage == "not_json":
     data = data[:8] + b"{" * n + data[8 + n:]
+  elif damage == "deep_json":   # nesting past Python's recursion limit
+    deep = b"[" * 200_000
+    data = len(deep).to_bytes(8, "little") + deep + data[8 + n:]
   else:
     if damage == "bad_offsets":
       header[name]["data_offsets"][1] += 4
