@@ -23,18 +23,15 @@ COMPUTE = {"honest": 1.0, "wrong_data": 1.0, "desync": 1.0, "late": 1.0, "early"
 
 
 def class_colours(classes) -> dict:
-  """Behaviour class -> colour, the same in every experiment's figure: honest first, then
-  every class `COMPUTE` knows and the sybil, then any other (all distinct)."""
+  """Behaviour class -> colour, as `jaxnet report` draws it (plotstyle.class_colours)."""
   from jaxnet import plotstyle
-  known = ["honest"] + sorted((set(COMPUTE) | {"sybil", "degraded"}) - {"honest"})
-  return plotstyle.colour_map(known + sorted(set(classes) - set(known)))
+  return plotstyle.class_colours(classes)
 
 
 def market_colours(classes) -> dict:
-  """Market peer class -> colour, the same in every market figure (honest first)."""
+  """Market peer class -> colour, as the market's report draws it."""
   from jaxnet import plotstyle
-  known = ["honest", "cabal", "copier", "lazy", "noise"]
-  return plotstyle.colour_map(known + sorted(set(classes) - set(known)))
+  return plotstyle.class_colours(classes, "market")
 
 
 def out_paths(name: str) -> tuple[Path, Path]:

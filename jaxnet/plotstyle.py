@@ -53,6 +53,17 @@ def colour_map(labels) -> dict:
   return dict(zip(uniq, palette(len(uniq))))
 
 
+def class_colours(classes, kind: str = "sim") -> dict:
+  """Behaviour class -> colour, the same in every figure of its kind (`jaxnet report`, the
+  experiments): the classes the config knows in their order (honest first), then any
+  other; all distinct. `kind`: "sim" (sim.peers behaviours) or "market" (market.peers)."""
+  if kind == "market":
+    from jaxnet.market.config import BEHAVIOURS as known
+  else:
+    from jaxnet.sim.config import BEHAVIOURS as known
+  return colour_map(list(known) + sorted(set(classes) - set(known)))
+
+
 def legend_outside(ax, title: str | None = None, ncol: int = 1, fontsize: float = 7) -> None:
   """The legend to the right of the axes, outside the data."""
   ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, ncol=ncol,

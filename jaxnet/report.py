@@ -111,7 +111,7 @@ def chain_figure(recs: list[dict], behaviours: list[str] | None, kinds: list[str
   units = np.array([g["miner_units"] for g in logs], np.float64)
   share = units / np.maximum(units.sum(1, keepdims=True), 1)
   labels = behaviours or [str(u) for u in range(units.shape[1])]
-  ccol = ps.colour_map(sorted(set(labels)))
+  ccol = ps.class_colours(labels) if behaviours else ps.colour_map(sorted(set(labels)))
   for c in sorted(set(labels)):
     sel = np.array([x == c for x in labels])
     axes[1].plot(ep, share[:, sel].sum(1), marker=".", color=ccol[c], label=c)
@@ -145,7 +145,7 @@ def run_figures(recs: list[dict], behaviours: list[str] | None) -> dict:
     return figs
   if "weight_by_class" in recs[0]:
     classes = sorted(recs[0]["weight_by_class"])
-    col = ps.colour_map(classes)
+    col = ps.class_colours(classes)
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.stackplot(rounds, *[[r["weight_by_class"][c] for r in recs] for c in classes],
                  labels=classes, colors=[col[c] for c in classes])

@@ -45,7 +45,7 @@ def figure(recs: list[dict], behaviours: list[str] | None):
   """W of the last block, stake share per class over blocks, pay against true value."""
   labels = behaviours or [str(i) for i in range(len(recs[0]["stake"]))]
   classes = sorted(set(labels))
-  col = ps.colour_map(classes)
+  col = ps.class_colours(classes, "market") if behaviours else ps.colour_map(classes)
   fig, axes = ps.pyplot().subplots(1, 3, figsize=(17, 4.4))
   W = np.asarray(recs[-1]["W"], np.float64)
   W[np.eye(len(W), dtype=bool)] = np.nan   # the self-loop would swamp the colour scale
