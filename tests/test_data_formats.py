@@ -18,7 +18,7 @@ from jaxnet.config import DataConfig
 from jaxnet.data import (DOC_SEP, ByteTokenizer, DataError, load_corpus, load_tokenizer,
                          open_shards, prepare_main, prepare_shards, split_documents,
                          write_shards)
-from jaxnet.data import formats, shards
+from jaxnet.data import formats, writer
 from jaxnet.data.formats import Inputs, file_format
 
 pa = pytest.importorskip("pyarrow")   # in the dev extra: CI always runs these
@@ -195,7 +195,7 @@ GOOD = json.dumps({"text": "fine row"}).encode() + b"\n"
 def test_malformed_jsonl_row_is_one_line_naming_file_and_line(tmp_path, capsys, monkeypatch,
                                                              bad, says):
   # 300 good rows first: shards are written (tiny buffer) before the bad row is reached.
-  monkeypatch.setattr(shards, "_ROW_BUF", 16)
+  monkeypatch.setattr(writer, "_ROW_BUF", 16)
   src = tmp_path / "rows.jsonl"
   src.write_bytes(GOOD * 300 + bad + GOOD)
   out = tmp_path / "out"
@@ -325,19 +325,19 @@ def test_text_streamed_in_chunks_splits_as_the_whole_file(tmp_path_factory, text
   src = tmp_path_factory.mktemp("chunks") / "t.txt"
   src.write_bytes(data)
   with pytest.MonkeyPatch.context() as mp:
-    mp.setattr(shards, "_READ_CHUNK", chunk)
+    mp.setattr(writer, "_READ_CHUNK", chunk)
     try:
       want = split_documents(data.decode("utf-8"))
     except UnicodeDecodeError as e:
       with pytest.raises(DataError, match=f"t.txt: not UTF-8 text \\(byte {e.start}\\)$"):
-        list(shards.read_documents([src]))
+        list(writer.read_documents([src]))
     else:
-      assert list(shards.read_documents([src])) == want
+      assert list(writer.read_documents([src])) == want
 
 @pytest.mark.parametrize("name", ["big.jsonl", "big.txt"])
 def test_files_are_read_a_line_or_chunk_at_a_time(tmp_path, monkeypatch, name):
   """Peak Python memory while reading a 6 MB file stays under 5% of it."""
-  monkeypatch.setattr(shards, "_READ_CHUNK", 1 << 16)
+  monkeypatch.setattr(writer, "_READ_CHUNK", 1 << 16)
   doc = "word " * 120
   src = tmp_path / name
   with open(src, "w") as f:
@@ -383,7 +383,7 @@ def test_parquet_is_read_a_row_group_and_a_few_rows_at_a_time(tmp_path, monkeypa
 
 def test_write_shards_writes_as_documents_arrive(tmp_path, monkeypatch):
   """Shards are flushed while the document iterator is still running (no list of it)."""
-  monkeypatch.setattr(shards, "_ROW_BUF", 64)
+  monkeypatch.setattr(writer, "_ROW_BUF", 64)
   out = tmp_path / "out"
   seen = []
 

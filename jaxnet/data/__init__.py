@@ -12,7 +12,8 @@ first token of the next document (whose input is EOS) is still learned. Loss = s
 
 Pieces:
   tokenizer.py  ByteTokenizer (vocab 257, EOS 256), BPETokenizer (tokenizers JSON), train_bpe
-  shards.py     prepare_shards / write_shards -> uint16|uint32 .bin + meta.json; open_shards
+  writer.py     prepare_shards / write_shards -> uint16|uint32 .bin + meta.json
+  shards.py     the layout; open_shards
                 (checks each shard's sha256 and ids < vocab, cached per unchanged file)
   embedded.py   the KJV asset (one document per chapter); default_shards (cached build)
   pages.py      pages(uid, window), random_pages(window, salt), epoch_permutation (pure)
@@ -27,8 +28,8 @@ from jaxnet.data.errors import DataError
 from jaxnet.data.pages import (RANDOM_SEED_MAX, RANDOM_SEED_MIN, epoch_permutation, pages,
                                pages_for, random_pages, random_seed)
 from jaxnet.data.prepare import prepare_main
-from jaxnet.data.shards import (DOC_SEP, TokenStream, open_shards, prepare_shards,
-                                split_documents, write_shards)
+from jaxnet.data.shards import DOC_SEP, TokenStream, open_shards
+from jaxnet.data.writer import prepare_shards, split_documents, write_shards
 from jaxnet.data.tokenizer import (BYTE_EOS, BYTE_VOCAB, BPETokenizer, ByteTokenizer,
                                    load_tokenizer, train_bpe)
 

@@ -22,7 +22,8 @@ import tempfile
 from pathlib import Path
 
 from jaxnet.data.errors import DataError
-from jaxnet.data.shards import DOC_SEP, DEFAULT_SHARD_TOKENS, open_shards, split_documents, write_shards
+from jaxnet.data.shards import DOC_SEP, open_shards
+from jaxnet.data.writer import DEFAULT_SHARD_TOKENS, split_documents, write_shards
 
 ASSET = Path(__file__).resolve().parent.parent / "assets" / "kjv.txt.xz"
 

@@ -5,14 +5,14 @@ The format is chosen by the file's suffix (`file_format`):
   .jsonl, .jsonl.gz  one JSON object per line; the document is its text field
   .parquet           one row per document, the text field a string column (pyarrow,
                      imported only when a Parquet file is given: the `data` extra)
-  anything else      UTF-8 text split into documents on U+001E (`shards.read_documents`)
+  anything else      UTF-8 text split into documents on U+001E (`writer.read_documents`)
 
 JSONL and Parquet texts are taken verbatim. A row whose text is "", null or only whitespace
 is skipped and counted (the text format drops such documents too); blank JSONL lines are not
 rows. The field name defaults to "text", as in FineWeb and the Hugging Face datasets.
 
 Memory stays bounded whatever the file's size: text is read in chunks, one document held at
-a time (`shards.read_documents`); JSONL is read line by line, a line over
+a time (`writer.read_documents`); JSONL is read line by line, a line over
 `MAX_LINE_BYTES` being an error instead of a read without end; Parquet is read one row
 group at a time (only the text column, decoded `PARQUET_BATCH_ROWS` rows at a time), after
 its footer length has been checked against the file's size and `MAX_FOOTER_BYTES`. A
@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from jaxnet.data.errors import DataError
-from jaxnet.data.shards import read_documents
+from jaxnet.data.writer import read_documents
 
 MAX_LINE_BYTES = 64 << 20        # one JSONL row; a longer line is malformed, not read whole
 MAX_FOOTER_BYTES = 256 << 20     # Parquet metadata; real files' footers are a few MB at most

@@ -11,7 +11,8 @@ from pathlib import Path
 from jaxnet.data.embedded import embedded_documents
 from jaxnet.data.errors import DataError
 from jaxnet.data.formats import MAX_LINE_BYTES, Inputs
-from jaxnet.data.shards import DEFAULT_SHARD_TOKENS, META, write_shards
+from jaxnet.data.shards import META
+from jaxnet.data.writer import DEFAULT_SHARD_TOKENS, write_shards
 from jaxnet.data.tokenizer import load_tokenizer, train_bpe
 
 
