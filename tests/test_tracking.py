@@ -179,6 +179,12 @@ def test_missing_tensorboardx_is_one_line_before_any_work(tmp_path, monkeypatch,
   err = capsys.readouterr().err.strip().splitlines()
   assert rc == 2 and len(err) == 1 and "tensorboardX" in err[0], err
   assert not (tmp_path / "run").exists()
+  # the launcher says it too, before it starts any process
+  rc = cli.main(["launch", "--config", str(CONFIGS / "sim-tiny.yaml"), "--train.out_dir",
+                 str(tmp_path / "net"), "--storage", str(tmp_path / "store"), "--log.tensorboard"])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert rc == 2 and len(err) == 1 and "tensorboardX" in err[0], err
+  assert not (tmp_path / "net").exists() and not (tmp_path / "store").exists()
 
 
 def test_a_bare_flag_means_the_default_directory():

@@ -166,6 +166,8 @@ class Launch:
 
 def launch(cfg: Config, run_id: str | None = None, say=print) -> dict:
   """Runs the network of processes to the end -> {run_id, validator code, out_dir}."""
+  from jaxnet import tracking
+  tracking.check(cfg)   # log.tensorboard without its package: one line here, not in a log
   run, seen = Launch(cfg, run_id, say), set()
   try:
     run.start(seen)
