@@ -4,11 +4,15 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
+# slow (32 s, CI time): the benchmark's pieces stay in CI through their own tests (LossScore,
+# the train step, the codec, the copy detector, Yuma); this runs the script end to end
+@pytest.mark.slow
 def test_accelerator_benchmark_runs_every_section_on_cpu(tmp_path, capsys):
   import accelerator
   out = tmp_path / "acc.json"
