@@ -110,9 +110,9 @@ def _hardening_properties(result):
   * no honest uid is ever copy-flagged, and every copier that shares the victim's work in
     the same round (copier, copier_first, partial_copier, scaled_copier) is flagged and
     timed out by the end, whatever upload time it claimed;
-  * the gather list never holds a timed-out uid, a free rider or a malformed upload (the
-    reference filled free slots with random zero-weight uids), and nobody without
-    own-page evidence once enough uids have it.
+  * the gather list never holds a uid timed out before its round, a free rider or a
+    malformed upload (the reference filled free slots with random zero-weight uids), and
+    nobody without own-page evidence once enough uids have it.
   """
   hist = result["history"]
   rep = lambda k: np.array([r["report"][k] for r in hist])
@@ -128,7 +128,12 @@ def _hardening_properties(result):
     assert (level[:, sel] > 0).any(axis=0).all() and rep("timeout")[-1, sel].all(), b
     assert all(r in ("copy", "timeout") for r in rep("reason")[-1, sel]), b
   gathered = rep("in_gather")
-  assert not (gathered & rep("timeout")).any()
+  # timed out when round w's list is drawn: by an earlier round's verdict (a copier timed
+  # out by round w's own verdict was found among round w's gathered uploads)
+  rounds = np.array([r["round"] for r in hist])
+  timed_out = np.zeros_like(gathered)
+  timed_out[1:] = rep("timeout_until")[:-1] > rounds[1:, None]
+  assert timed_out.any() and not (gathered & timed_out).any()
   # no filler: uploads that make the model worse, or none at all, are never gathered;
   # once minimum_peers uids have own-page evidence, nobody without it is
   for b in ("free_rider", "malformed"):
