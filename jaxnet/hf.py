@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from jaxnet.configbase import ConfigError
+from jaxnet.submission import SubmissionError, parse_header
 
 CONFIG_FILE, WEIGHTS_FILE, INDEX_FILE = "config.json", "model.safetensors", "model.safetensors.index.json"
 MAX_HEADER_BYTES = 100 << 20     # a safetensors header is JSON names + offsets; 100 MiB is
@@ -192,8 +193,9 @@ def _read_json(path: Path) -> dict:
 def read_safetensors(path: Path) -> dict[str, np.ndarray]:
   """{name: array} memory-mapped from a safetensors file (nothing read but the header).
 
-  The header's size is bounded before it is parsed, and every entry's dtype, shape and
-  offsets are checked against the file's size before any array is mapped.
+  The header's size is bounded before it is parsed, it is parsed as the uploads' headers
+  are (`submission.parse_header`), and every entry's dtype and offsets are checked against
+  its shape and the file's size before any array is mapped.
   """
   import ml_dtypes   # ships with jax: numpy's bfloat16
   size = path.stat().st_size
@@ -203,20 +205,18 @@ def read_safetensors(path: Path) -> dict[str, np.ndarray]:
     if not 2 <= n <= min(MAX_HEADER_BYTES, size - 8):
       raise ExportError(f"{path}: not a safetensors file (header length {n}, file {size} bytes)")
     try:
-      header = json.loads(f.read(n).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-      raise ExportError(f"{path}: safetensors header is not JSON ({type(e).__name__})") from None
-  if not isinstance(header, dict):
-    raise ExportError(f"{path}: safetensors header is not a JSON object")
+      header = parse_header(f.read(n).decode("utf-8"))
+    except UnicodeDecodeError as e:
+      raise ExportError(f"{path}: safetensors header is not UTF-8 (byte {e.start})") from None
+    except SubmissionError as e:   # the uploads' checks: bounded JSON, typed entries
+      raise ExportError(f"{path}: safetensors header: {e}") from None
   out, data_start = {}, 8 + n
   for name, e in header.items():
     if name == "__metadata__":
       continue
-    if not (isinstance(e, dict) and e.get("dtype") in _DTYPES and isinstance(e.get("shape"), list)
-            and all(type(d) is int and d >= 0 for d in e["shape"])
-            and isinstance(e.get("data_offsets"), list) and len(e["data_offsets"]) == 2
-            and all(type(o) is int for o in e["data_offsets"])):
-      raise ExportError(f"{path}: tensor {str(name)[:80]} has a malformed or non-float entry")
+    if e["dtype"] not in _DTYPES:
+      raise ExportError(f"{path}: tensor {name[:80]} has dtype {e['dtype'][:16]!r}, not a float "
+                        f"dtype ({', '.join(_DTYPES)})")
     dtype = np.dtype(ml_dtypes.bfloat16) if e["dtype"] == "BF16" else np.dtype(_DTYPES[e["dtype"]])
     begin, end = e["data_offsets"]
     count = int(np.prod(e["shape"], dtype=np.int64))

@@ -279,6 +279,20 @@ def _check_entry(name: str, entry) -> None:
     raise SubmissionError("corrupt", f"{name[:64]!r}: data_offsets is not [begin <= end]")
 
 
+def parse_header(text: str) -> dict:
+  """A safetensors JSON header from an untrusted file: bounded JSON (`_loads`), an object
+  whose every tensor entry is {dtype: str, shape: [int32 >= 0], data_offsets: [begin <=
+  end]}. Raises SubmissionError('corrupt'). Also reads the checkpoints `model.init_from`
+  imports (jaxnet.hf)."""
+  header = _loads(text, _MAX_DEPTH, "corrupt", "header")
+  if not isinstance(header, dict):
+    raise SubmissionError("corrupt", "header is not a JSON object")
+  for name, entry in header.items():
+    if name != "__metadata__":
+      _check_entry(name, entry)
+  return header
+
+
 def _header(data: bytes, layout: Layout) -> tuple[dict, int]:
   """Parses and type-checks the safetensors JSON header -> (header, bytes of data after it).
 
@@ -295,12 +309,7 @@ def _header(data: bytes, layout: Layout) -> tuple[dict, int]:
     text = bytes(data[8:8 + n]).decode("utf-8")
   except UnicodeDecodeError as e:
     raise SubmissionError("corrupt", f"header is not UTF-8 ({e})") from None
-  header = _loads(text, _MAX_DEPTH, "corrupt", "header")
-  if not isinstance(header, dict):
-    raise SubmissionError("corrupt", "header is not a JSON object")
-  for name, entry in header.items():
-    if name != "__metadata__":
-      _check_entry(name, entry)
+  header = parse_header(text)
   avail = len(data) - 8 - n
   end = max([e["data_offsets"][1] for k, e in header.items() if k != "__metadata__"],
             default=0)
