@@ -29,7 +29,7 @@ import zlib
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from jaxnet.data.errors import DataError
+from jaxnet.data.errors import DataError, optional_package
 from jaxnet.data.writer import read_documents
 
 MAX_LINE_BYTES = 64 << 20        # one JSONL row; a longer line is malformed, not read whole
@@ -115,16 +115,6 @@ def jsonl_texts(path: Path, field: str) -> Iterator[str | None]:
 
 # ------------------------------------------------------------------------------ Parquet
 
-def _pyarrow(path: Path):
-  try:
-    import pyarrow  # noqa: PLC0415 - optional dependency, imported lazily
-    import pyarrow.parquet  # noqa: PLC0415
-  except ImportError:
-    raise DataError(f"{path}: reading Parquet needs the optional 'pyarrow' package "
-                    "(pip install -e '.[data]')") from None
-  return pyarrow
-
-
 def _check_footer(path: Path) -> None:
   """Refuses a file that cannot be Parquet before pyarrow allocates its footer."""
   size = path.stat().st_size
@@ -156,7 +146,7 @@ def _is_text_type(pa, t) -> bool:
 def open_parquet(path: Path, field: str):
   """`pyarrow.parquet.ParquetFile` of `path` once its footer and text column are checked."""
   _check_footer(path)
-  pa = _pyarrow(path)
+  pa = optional_package("pyarrow.parquet", f"{path}: reading Parquet", "pip install -e '.[data]'")
   try:
     pf = pa.parquet.ParquetFile(path)
     schema = pf.schema_arrow

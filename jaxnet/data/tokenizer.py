@@ -12,7 +12,7 @@ from typing import Iterable, Protocol, Sequence
 
 import numpy as np
 
-from jaxnet.data.errors import DataError
+from jaxnet.data.errors import DataError, optional_package
 
 BYTE_VOCAB = 257        # 256 byte values + EOS
 BYTE_EOS = 256          # EOS doubles as pad, as in the reference run (gauntlet.md §2.1)
@@ -55,15 +55,6 @@ class ByteTokenizer:
     return "ByteTokenizer()"
 
 
-def _import_tokenizers(what: str):
-  try:
-    import tokenizers  # noqa: PLC0415 - optional dependency, imported lazily
-  except ImportError:
-    raise DataError(f"{what}: needs the optional 'tokenizers' package "
-                    "(pip install tokenizers)") from None
-  return tokenizers
-
-
 class BPETokenizer:
   """A `tokenizers` JSON file (byte-level BPE or any other model); EOS read from the file."""
 
@@ -71,7 +62,7 @@ class BPETokenizer:
     self.path = Path(path)
     if not self.path.is_file():
       raise DataError(f"{self.path}: tokenizer file not found")
-    tk = _import_tokenizers(str(self.path))
+    tk = optional_package("tokenizers", f"{self.path}:", "pip install tokenizers")
     raw = self.path.read_bytes()
     try:
       self._tok = tk.Tokenizer.from_str(raw.decode("utf-8"))
@@ -121,7 +112,7 @@ def train_bpe(texts: Iterable[str], vocab_size: int, path: str | Path,
   """
   if vocab_size < 257 + 1:
     raise DataError(f"bpe vocab_size {vocab_size}: must exceed 257 (256 bytes + EOS)")
-  tk = _import_tokenizers("train_bpe")
+  tk = optional_package("tokenizers", "train_bpe:", "pip install tokenizers")
   from tokenizers import decoders, models, pre_tokenizers, trainers  # noqa: PLC0415
   tok = tk.Tokenizer(models.BPE())
   tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
