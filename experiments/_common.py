@@ -22,18 +22,6 @@ COMPUTE = {"honest": 1.0, "wrong_data": 1.0, "desync": 1.0, "late": 1.0, "early"
            "stale_copier": 0.0, "scaled_copier": 0.0}
 
 
-def class_colours(classes) -> dict:
-  """Behaviour class -> colour, as `jaxnet report` draws it (plotstyle.class_colours)."""
-  from jaxnet import plotstyle
-  return plotstyle.class_colours(classes)
-
-
-def market_colours(classes) -> dict:
-  """Market peer class -> colour, as the market's report draws it."""
-  from jaxnet import plotstyle
-  return plotstyle.class_colours(classes, "market")
-
-
 def out_paths(name: str) -> tuple[Path, Path]:
   RESULTS.mkdir(parents=True, exist_ok=True)
   return RESULTS / f"{name}.json", RESULTS / f"{name}.png"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import (ROOT, class_colours, compute_units, fresh_run_dir, out_paths, plot_only, run_sim,
+from _common import (ROOT, compute_units, fresh_run_dir, out_paths, plot_only, run_sim,
                      save_figure, spread, write_json)
 
 
@@ -128,7 +128,7 @@ def plot(out: dict, png_path):
   runs = out.get("runs", [out])   # a one-seed JSON is that run's analysis itself
   # honest at the bottom of the stack, the adversaries above it in alphabetical order
   classes = sorted(runs[0]["final_share"], key=lambda c: (c != "honest", c))
-  colours = class_colours(classes)
+  colours = ps.class_colours(classes)
   fig, axes = plt.subplots(1, 2, figsize=(13, 4.6), gridspec_kw={"width_ratios": [1.25, 1]})
   first = runs[0]
   rounds = np.arange(1, first["rounds"] + 1)

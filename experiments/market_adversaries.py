@@ -17,7 +17,7 @@ import argparse
 
 import numpy as np
 
-from _common import market_colours, out_paths, plot_only, save_figure, spread, write_json
+from _common import out_paths, plot_only, save_figure, spread, write_json
 
 
 def main(argv=None):
@@ -71,7 +71,7 @@ def plot(out: dict, path):
   from jaxnet import plotstyle as ps
   plt = ps.pyplot()
   classes = list(out["earnings_vs_honest"])
-  colours = market_colours(classes)
+  colours = ps.class_colours(classes, "market")
   fig, ax = plt.subplots(figsize=(7, 4))
   for i, c in enumerate(classes):
     e = out["earnings_vs_honest"][c]

@@ -22,7 +22,7 @@ import numpy as np
 
 import json
 
-from _common import market_colours, out_paths, plot_only, save_figure, spread, write_json
+from _common import out_paths, plot_only, save_figure, spread, write_json
 from _market import spearman
 
 PEERS = '["honest:16", "noise:2", "lazy:2", "copier:2"]'
@@ -85,7 +85,7 @@ def plot(out: dict, path):
   examples, seed = out["examples"], out["seeds"][0]
   classes = sorted({b for e in examples.values() for b in e["behaviours"]},
                    key=lambda c: (c != "honest", c))
-  colours = market_colours(classes)
+  colours = ps.class_colours(classes, "market")
   fig, axes = plt.subplots(1, len(examples), figsize=(4.2 * len(examples), 4), sharey=True,
                            squeeze=False)
   for ax, (v, e) in zip(axes[0], examples.items()):

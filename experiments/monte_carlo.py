@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from _common import ROOT, class_colours, fresh_run_dir, out_paths, plot_only, run_sim, save_figure, write_json
+from _common import ROOT, fresh_run_dir, out_paths, plot_only, run_sim, save_figure, write_json
 
 
 def spread(cfg, net, st, w, seeds: int) -> dict:
@@ -105,7 +105,7 @@ def plot(out: dict, path):
   fig, axes = plt.subplots(1, 2, figsize=(13, 4.6), sharey=True)
   classes = sorted({b for r in out.values() for b in r["behaviours"]},
                    key=lambda c: (c != "honest", c))
-  colours = class_colours(classes)
+  colours = ps.class_colours(classes)
   for ax, (tag, r) in zip(axes, out.items()):
     W = np.array(r["weights"])
     beh = r["behaviours"]

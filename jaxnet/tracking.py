@@ -204,8 +204,9 @@ class Tracker:
     step = record.get("step") if isinstance(record, dict) else None
     if not self.writers or isinstance(step, bool) or not isinstance(step, int):
       return
+    scalars = record_scalars(record)
     for writer in list(self.writers):
-      self._guard(writer, lambda w=writer: w.write(step, record_scalars(record)))
+      self._guard(writer, lambda w=writer: w.write(step, scalars))
 
   def flush(self) -> None:
     for writer in list(self.writers):
